@@ -1,0 +1,137 @@
+"""Enformer (Avsec et al. 2021) in PyTorch, module for module as DeepMind's enformer.py.
+
+stem -> conv_tower -> transformer -> crop -> final_pointwise -> heads, with the paper's names.
+The trunk runs channels-first ([batch, channels, length]) through the convolutions and
+channels-last ([batch, positions, channels]) through the transformer.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import MultiheadAttention
+from .batchnorm import at_least_float32, frozen_statistics
+from .blocks import ConvBlock, ConvTowerBlock, Stem, gelu, init_sonnet_linear
+from .config import EnformerConfig
+
+
+class TransformerBlock(nn.Module):
+    """Residual(LayerNorm -> attention -> dropout), then Residual(LayerNorm -> MLP x2 with ReLU)."""
+
+    def __init__(self, config: EnformerConfig) -> None:
+        super().__init__()
+        c = config.channels
+        self.mha_norm = nn.LayerNorm(c, eps=config.layernorm_eps)
+        self.attention = MultiheadAttention(config)
+        self.mlp_norm = nn.LayerNorm(c, eps=config.layernorm_eps)
+        self.mlp_linear1 = nn.Linear(c, 2 * c)
+        self.mlp_linear2 = nn.Linear(2 * c, c)
+        init_sonnet_linear(self.mlp_linear1)
+        init_sonnet_linear(self.mlp_linear2)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.mha_norm(x)))
+        y = self.dropout(F.relu(self.mlp_linear1(self.mlp_norm(x))))
+        return x + self.dropout(self.mlp_linear2(y))
+
+
+class FinalPointwise(nn.Module):
+    """conv_block(2 x channels, 1) -> dropout -> GELU on [batch, positions, channels]."""
+
+    def __init__(self, config: EnformerConfig) -> None:
+        super().__init__()
+        self.conv_block = ConvBlock(config.channels, 2 * config.channels, 1, config)
+        self.dropout = nn.Dropout(config.final_dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_block(x.transpose(1, 2)).transpose(1, 2)
+        return gelu(self.dropout(x))
+
+
+class Head(nn.Module):
+    """Linear -> softplus, in float32 even under autocast."""
+
+    def __init__(self, channels: int, tracks: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(channels, tracks)
+        init_sonnet_linear(self.linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.softplus(self.linear(at_least_float32(x)))
+
+
+def one_hot(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 codes [batch, length] (0-3 = ACGT, 4 = N) -> one-hot [batch, length, 4]; N is all zero.
+
+    A table lookup: a code outside 0-4 is an index error, with no host sync on the hot path.
+    """
+    table = torch.eye(5, 4, dtype=dtype, device=x.device)
+    return table[x.long()]
+
+
+def _recompute_without_statistics():
+    return contextlib.nullcontext(), frozen_statistics()
+
+
+class Enformer(nn.Module):
+    """Enformer. forward(x [batch, length, 4] one-hot or [batch, length] uint8 codes)
+    -> {head: [batch, target_length, tracks]} (or one tensor with `head=`)."""
+
+    def __init__(self, config: EnformerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or EnformerConfig()
+        self.stem = Stem(config)
+        filters = config.tower_filters
+        self.conv_tower = nn.ModuleList(
+            ConvTowerBlock(c_in, c_out, config.tower_kernel_size, config)
+            for c_in, c_out in zip([config.channels // 2] + filters[:-1], filters))
+        self.transformer = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_transformer_layers))
+        self.final_pointwise = FinalPointwise(config)
+        self.heads = nn.ModuleDict({name: Head(2 * config.channels, tracks) for name, tracks in config.heads.items()})
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False, context_fn=_recompute_without_statistics)
+        return block(x)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, positions, channels] -> [batch, target_length, channels], the same trimmed each side."""
+        positions, target = x.shape[1], self.config.target_length
+        excess = positions - target
+        if excess < 0 or excess % 2:
+            raise ValueError(
+                f"the trunk gives {positions} bins and the target is {target}: the difference must be even and "
+                f"non-negative. Use an input of ({target} + 2k) x {self.config.bin_size} bp, e.g. "
+                f"{(target + (max(excess, 0) + 1) // 2 * 2) * self.config.bin_size}")
+        return x[:, excess // 2: positions - excess // 2] if excess else x
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings [batch, target_length, 2 x channels] of one-hot or coded sequence."""
+        if x.dtype == torch.uint8 or not x.is_floating_point():
+            x = one_hot(x)
+        if x.ndim != 3 or x.shape[-1] != 4:
+            raise ValueError(f"expected one-hot [batch, length, 4] or codes [batch, length], got {tuple(x.shape)}")
+        if x.shape[1] % self.config.bin_size:
+            raise ValueError(f"input length {x.shape[1]} is not a multiple of the bin size {self.config.bin_size}")
+        x = x.transpose(1, 2)
+        x = self._run(self.stem, x)
+        for block in self.conv_tower:
+            x = self._run(block, x)
+        x = x.transpose(1, 2)
+        for block in self.transformer:
+            x = self._run(block, x)
+        return self.final_pointwise(self.crop(x))
+
+    def forward(self, x: torch.Tensor, head: str | None = None):
+        embedding = self.trunk(x)
+        if head is not None:
+            if head not in self.heads:
+                raise KeyError(f"no head {head!r}; this model has {', '.join(self.heads)}")
+            return self.heads[head](embedding)
+        return {name: module(embedding) for name, module in self.heads.items()}

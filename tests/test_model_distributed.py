@@ -1,0 +1,90 @@
+"""Cross-replica batch norm with real processes over gloo: 2 ranks x half a batch == 1 rank x whole batch."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from enformer_train import Enformer
+from model_helpers import no_dropout, randomise_, tiny_config
+
+BATCH = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(7)
+    codes = torch.randint(0, 5, (BATCH, 1024), generator=g)
+    x = torch.eye(5, 4, dtype=torch.float64)[codes]
+    weights = {"human": torch.randn(BATCH, 4, 5, generator=g, dtype=torch.float64),
+               "mouse": torch.randn(BATCH, 4, 3, generator=g, dtype=torch.float64)}
+    return x, weights
+
+
+def _step(model, x, weights):
+    """One training-mode forward and backward of a per-sample-additive loss (a weighted sum)."""
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    loss = sum((out[h] * weights[h]).sum() for h in out)
+    loss.backward()
+    return {h: o.detach() for h, o in out.items()}, x.grad
+
+
+def _model():
+    torch.manual_seed(0)
+    model = Enformer(no_dropout(tiny_config())).train()
+    randomise_(model, seed=3)
+    return model.double()  # float64, so that agreement is checked to 1e-9 rather than float32 noise
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = _model()
+        x, weights = _inputs()
+        share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+        out, grad_x = _step(model, x[share], {h: w[share] for h, w in weights.items()})
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        for g in grads.values():
+            dist.all_reduce(g)  # the local parts of the whole-batch gradient add up
+        torch.save({"out": out, "grad_x": grad_x, "grads": grads,
+                    "buffers": dict(model.named_buffers())}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_half_batches_equal_one_rank_with_the_whole_batch(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+    torch.set_num_threads(1)
+    model = _model()
+    x, weights = _inputs()
+    out, grad_x = _step(model, x, weights)
+
+    for h in out:
+        torch.testing.assert_close(torch.cat([r["out"][h] for r in ranks]), out[h], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(torch.cat([r["grad_x"] for r in ranks]), grad_x, rtol=1e-9, atol=1e-9)
+    for name, p in model.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-9, atol=1e-9, msg=name)
+    for name, b in model.named_buffers():
+        for r in ranks:
+            torch.testing.assert_close(r["buffers"][name], b, rtol=1e-9, atol=1e-9, msg=name)
+    # the statistics really are global: a rank's own half has different moments
+    assert model.stem.pointwise.module.norm.num_batches_tracked.item() == 1
+    assert not torch.allclose(ranks[0]["out"]["human"], _local_only(x[:2], weights)["human"], atol=1e-3)
+
+
+def _local_only(x, weights):
+    model = _model()
+    out, _ = _step(model, x, {h: w[:2] for h, w in weights.items()})
+    return out
