@@ -170,3 +170,40 @@ def test_config_errors_name_the_option():
         EnformerConfig(pooling="mean")
     with pytest.raises(UserError, match="unknown model option"):
         EnformerConfig.from_dict({"chanels": 3})
+
+
+def test_fused_functions_have_exact_gradients():
+    """The hand-written backward passes (batch norm + GELU, softmax pooling, softmax + dropout +
+    matmul) against finite differences in float64."""
+    from enformer_train.model.attention import _AttendFunction
+    from enformer_train.model.batchnorm import _BatchNormFunction
+    from enformer_train.model.blocks import _SoftmaxPoolingFunction
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = (torch.rand(4, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    for gelu in (False, True):
+        torch.autograd.gradcheck(lambda x, w, b: _BatchNormFunction.apply(x, w, b, 1e-5, gelu, 1)[0], (x, w, b))
+    # and against the plain composition of torch ops
+    y = _BatchNormFunction.apply(x, w, b, 1e-5, True, 1)[0]
+    z = torch.nn.functional.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+    torch.testing.assert_close(y, torch.sigmoid(1.702 * z) * z)
+
+    pool_w = torch.randn(4, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    torch.autograd.gradcheck(lambda x, w: _SoftmaxPoolingFunction.apply(x, w, 2), (x, pool_w))
+
+    logits = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    v = torch.randn(2, 3, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    torch.autograd.gradcheck(lambda l, v: _AttendFunction.apply(l, v, 0.0, True), (logits, v))
+
+    def seeded(l, v):
+        torch.manual_seed(5)
+        return _AttendFunction.apply(l, v, 0.3, True)
+
+    torch.autograd.gradcheck(seeded, (logits, v))
+    torch.manual_seed(5)
+    mask = torch.rand(2, 3, 5, 5, dtype=torch.float64) >= 0.3
+    expected = torch.matmul(logits.softmax(-1) * mask / 0.7, v)
+    torch.testing.assert_close(seeded(logits, v), expected)
+    assert 0 < (~mask).sum() < mask.numel()

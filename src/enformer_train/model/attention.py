@@ -82,6 +82,35 @@ def _shifted_view(relative: torch.Tensor) -> torch.Tensor:
                                relative.storage_offset() + t - 1)
 
 
+class _AttendFunction(torch.autograd.Function):
+    """dropout(softmax(logits)) @ v, keeping for backward the softmax and a boolean dropout mask
+    only: autograd would also keep the dropped-out copy, the largest tensor of each layer."""
+
+    @staticmethod
+    def forward(ctx, logits, v, rate, training):
+        p = logits.softmax(dim=-1)
+        mask = None
+        weights = p
+        if training and rate > 0:
+            mask = torch.rand_like(p) >= rate
+            weights = p * mask / (1.0 - rate)
+        ctx.save_for_backward(p, v, mask)
+        ctx.rate = rate
+        return torch.matmul(weights, v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, v, mask = ctx.saved_tensors
+        weights = p if mask is None else p * mask / (1.0 - ctx.rate)
+        grad_v = torch.matmul(weights.transpose(-1, -2), grad)
+        del weights
+        grad_p = torch.matmul(grad, v.transpose(-1, -2))
+        if mask is not None:
+            grad_p = grad_p * mask / (1.0 - ctx.rate)
+        grad_logits = p * (grad_p - (grad_p * p).sum(dim=-1, keepdim=True))
+        return grad_logits, grad_v, None, None
+
+
 class MultiheadAttention(nn.Module):
     """Relative-position multi-head attention. [batch, T, channels] -> [batch, T, heads x value_size]."""
 
@@ -97,7 +126,7 @@ class MultiheadAttention(nn.Module):
         self.r_w_bias = nn.Parameter(torch.empty(1, h, 1, k))
         self.r_r_bias = nn.Parameter(torch.empty(1, h, 1, k))
         self.output = nn.Linear(h * v, h * v)
-        self.attention_dropout = nn.Dropout(config.attention_dropout_rate)
+        self.attention_dropout_rate = config.attention_dropout_rate
         self.positional_dropout = nn.Dropout(config.positional_dropout_rate)
         for layer in (self.q, self.k, self.v, self.r_k):
             variance_scaling_(layer.weight, fan_in=layer.in_features)
@@ -126,6 +155,5 @@ class MultiheadAttention(nn.Module):
         content = torch.matmul(q + self.r_w_bias.to(q.dtype), k.transpose(-1, -2))  # [b, h, t, t]
         relative = torch.matmul(q + self.r_r_bias.to(q.dtype), r_k.to(q.dtype))  # [b, h, t, 2t - 1]
         logits = _AddRelativeLogits.apply(content, relative)
-        weights = self.attention_dropout(logits.softmax(dim=-1))
-        out = torch.matmul(weights, v)  # [b, h, t, v]
+        out = _AttendFunction.apply(logits, v.to(logits.dtype), self.attention_dropout_rate, self.training)  # [b, h, t, v]
         return self.output(out.transpose(1, 2).reshape(b, t, -1))

@@ -41,51 +41,69 @@ def _distributed_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-class _GlobalBatchNorm(torch.autograd.Function):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias with mean and var over all ranks' batches.
+_GELU_SCALE = 1.702
 
-    x: [batch, channels, length] float32. Forward all-reduces (sum x, sum x^2, count) in float64;
-    backward all-reduces (sum dy, sum dy * x_hat), so each rank's input gradient is that of the
-    sum of all ranks' losses, exactly as one process holding the whole batch.
+
+class _BatchNormFunction(torch.autograd.Function):
+    """y = act((x - mean) / sqrt(var + eps) * weight + bias), act = identity or sigmoid(1.702 z) z.
+
+    x: [batch, channels, length]. Mean and biased variance are over (batch, length) of this rank,
+    or of all ranks (`world` > 1): forward all-reduces (sum x, sum x^2, count) in float64, backward
+    (sum dz, sum dz * x_hat), so each rank's input gradient is that of the sum of all ranks' losses,
+    exactly as one process holding the whole batch. Only x is kept for backward; the normalised
+    values and the activation are recomputed there, which halves what a conv block keeps.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(ctx, x, weight, bias, eps, gelu, world):
         channels = x.shape[1]
-        x64 = x.double()
-        local = torch.cat([
-            x64.sum(dim=(0, 2)),
-            (x64 * x64).sum(dim=(0, 2)),
-            torch.tensor([x.shape[0] * x.shape[2]], dtype=torch.float64, device=x.device),
-        ])
-        dist.all_reduce(local)
-        count = local[-1]
-        mean = local[:channels] / count
-        var = (local[channels:2 * channels] / count - mean * mean).clamp_min(0.0)
+        if world > 1:
+            x64 = x.double()
+            local = torch.cat([x64.sum(dim=(0, 2)), (x64 * x64).sum(dim=(0, 2)),
+                               torch.tensor([x.shape[0] * x.shape[2]], dtype=torch.float64, device=x.device)])
+            dist.all_reduce(local)
+            count = local[-1]
+            mean64 = local[:channels] / count
+            var = (local[channels:2 * channels] / count - mean64 * mean64).clamp_min(0.0).to(x.dtype)
+            mean = mean64.to(x.dtype)
+        else:
+            count = x.shape[0] * x.shape[2]
+            var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
         invstd = torch.rsqrt(var + eps)
-        mean_x, invstd_x = mean.to(x.dtype), invstd.to(x.dtype)
-        y = (x - mean_x[None, :, None]) * (invstd_x * weight)[None, :, None] + bias[None, :, None]
-        ctx.save_for_backward(x, weight, mean_x, invstd_x)
-        ctx.count = count
-        mean, var = mean.to(x.dtype), var.to(x.dtype)
+        scale = invstd * weight
+        z = torch.addcmul((bias - mean * scale)[None, :, None], x, scale[None, :, None])
+        y = z.mul_(torch.sigmoid(z * _GELU_SCALE)) if gelu else z
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.count, ctx.gelu, ctx.world = count, gelu, world
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var):
-        x, weight, mean, invstd = ctx.saved_tensors
+        x, weight, bias, mean, invstd = ctx.saved_tensors
         channels = x.shape[1]
         x_hat = (x - mean[None, :, None]) * invstd[None, :, None]
-        local_sum_dy = grad_y.sum(dim=(0, 2), dtype=torch.float64)
-        local_sum_dy_xhat = (grad_y * x_hat).sum(dim=(0, 2), dtype=torch.float64)
-        sums = torch.cat([local_sum_dy, local_sum_dy_xhat])
-        dist.all_reduce(sums)
-        mean_dy = (sums[:channels] / ctx.count).to(x.dtype)
-        mean_dy_xhat = (sums[channels:] / ctx.count).to(x.dtype)
-        grad_x = (grad_y - mean_dy[None, :, None] - x_hat * mean_dy_xhat[None, :, None]) * (
-            weight * invstd)[None, :, None]
+        if ctx.gelu:
+            z = torch.addcmul(bias[None, :, None], x_hat, weight[None, :, None])
+            s = torch.sigmoid(z * _GELU_SCALE)
+            # d/dz [s(1.702 z) z] = s + 1.702 z s (1 - s)
+            grad_z = grad_y * (s + _GELU_SCALE * z * s * (1 - s))
+            del z, s
+        else:
+            grad_z = grad_y
+        sum_dz = grad_z.sum(dim=(0, 2), dtype=torch.float64)
+        sum_dz_xhat = (grad_z * x_hat).sum(dim=(0, 2), dtype=torch.float64)
         # Parameter gradients stay local: the data-parallel wrapper all-reduces them like any other.
-        return grad_x, local_sum_dy_xhat.to(weight.dtype), local_sum_dy.to(weight.dtype), None
+        grad_weight, grad_bias = sum_dz_xhat.to(weight.dtype), sum_dz.to(weight.dtype)
+        if ctx.world > 1:
+            sums = torch.cat([sum_dz, sum_dz_xhat])
+            dist.all_reduce(sums)
+            sum_dz, sum_dz_xhat = sums[:channels], sums[channels:]
+        mean_dz = (sum_dz / ctx.count).to(x.dtype)
+        mean_dz_xhat = (sum_dz_xhat / ctx.count).to(x.dtype)
+        grad_x = (grad_z - mean_dz[None, :, None] - x_hat * mean_dz_xhat[None, :, None]) * (
+            weight * invstd)[None, :, None]
+        return grad_x, grad_weight, grad_bias, None, None, None
 
 
 class CrossReplicaBatchNorm(nn.Module):
@@ -95,12 +113,14 @@ class CrossReplicaBatchNorm(nn.Module):
     torch.distributed has more than one and `cross_replica` is on), then update debiased
     exponential moving averages: average_i = average_{i-1} + (value - average_{i-1}) *
     (1 - decay) / (1 - decay^i), which is Sonnet's hidden / (1 - decay^i) written on the average.
-    Evaluation: normalise with the moving averages.
+    Evaluation: normalise with the moving averages. With `gelu`, the reference's GELU follows in
+    the same function (a conv block's BatchNorm -> GELU).
     """
 
-    def __init__(self, num_features: int, decay: float = 0.9, eps: float = 1e-5, cross_replica: bool = True):
+    def __init__(self, num_features: int, decay: float = 0.9, eps: float = 1e-5, cross_replica: bool = True,
+                 gelu: bool = False):
         super().__init__()
-        self.decay, self.eps, self.cross_replica = decay, eps, cross_replica
+        self.decay, self.eps, self.cross_replica, self.gelu = decay, eps, cross_replica, gelu
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -111,16 +131,11 @@ class CrossReplicaBatchNorm(nn.Module):
         dtype = x.dtype
         x = at_least_float32(x)  # statistics in float32 even under autocast
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                training=False, eps=self.eps).to(dtype)
-        if self.cross_replica and _distributed_world() > 1:
-            y, mean, var = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps)
-        else:
-            y = F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
-            if getattr(_state, "frozen", False):
-                return y.to(dtype)
-            with torch.no_grad():
-                var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                             training=False, eps=self.eps)
+            return (y * torch.sigmoid(_GELU_SCALE * y) if self.gelu else y).to(dtype)
+        world = _distributed_world() if self.cross_replica else 1
+        y, mean, var = _BatchNormFunction.apply(x, self.weight, self.bias, self.eps, self.gelu, world)
         if not getattr(_state, "frozen", False):
             self._update_averages(mean, var)
         return y.to(dtype)
@@ -136,4 +151,4 @@ class CrossReplicaBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, decay={self.decay}, eps={self.eps}, "
-                f"cross_replica={self.cross_replica}")
+                f"cross_replica={self.cross_replica}, gelu={self.gelu}")

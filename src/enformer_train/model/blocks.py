@@ -43,12 +43,12 @@ class ConvBlock(nn.Module):
     def __init__(self, channels_in: int, filters: int, width: int, config) -> None:
         super().__init__()
         self.norm = CrossReplicaBatchNorm(channels_in, decay=config.batchnorm_decay, eps=config.batchnorm_eps,
-                                          cross_replica=config.cross_replica_batchnorm)
+                                          cross_replica=config.cross_replica_batchnorm, gelu=True)
         self.conv = nn.Conv1d(channels_in, filters, width, padding=width // 2)
         init_sonnet_linear(self.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(gelu(self.norm(x)))
+        return self.conv(self.norm(x))  # the norm applies the GELU
 
 
 class Residual(nn.Module):
@@ -58,6 +58,41 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.module(x)
+
+
+class _SoftmaxPoolingFunction(torch.autograd.Function):
+    """out[b, c, i] = sum_k x[b, c, i, k] softmax_k(logits[b, c, i, k]), logits = weight @ x.
+
+    Keeps only x for backward and recomputes the weights there: the pooled-away resolution is the
+    largest activation of the network, and autograd would keep both x and the softmax of it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, pool_size):
+        ctx.save_for_backward(x, weight)
+        ctx.pool_size = pool_size
+        return _pool(x, weight, pool_size)[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        b, c, length = x.shape
+        pooled, p = _pool(x, weight, ctx.pool_size)
+        xs = x.reshape(b, c, -1, ctx.pool_size)
+        g = grad[..., None]
+        # d out / d x_k = p_k (direct) ; d out / d logit_k = p_k (x_k - out)
+        grad_logits = (g * p * (xs - pooled[..., None])).reshape(b, c, length)
+        grad_x = (g * p).reshape(b, c, length)
+        del p
+        grad_x = grad_x + torch.matmul(weight.t(), grad_logits)
+        grad_weight = torch.matmul(grad_logits, x.transpose(1, 2)).sum(0)
+        return grad_x, grad_weight, None
+
+
+def _pool(x: torch.Tensor, weight: torch.Tensor, pool_size: int):
+    b, c, length = x.shape
+    p = torch.matmul(weight, x).reshape(b, c, length // pool_size, pool_size).softmax(dim=-1)
+    return (x.reshape(b, c, -1, pool_size) * p).sum(dim=-1), p
 
 
 class SoftmaxPooling(nn.Module):
@@ -74,11 +109,9 @@ class SoftmaxPooling(nn.Module):
         self.weight = nn.Parameter(torch.eye(channels) * w_init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, length = x.shape
-        logits = torch.matmul(self.weight, x)  # [b, c, length]
-        x = x.view(b, c, length // self.pool_size, self.pool_size)
-        weights = logits.view(b, c, length // self.pool_size, self.pool_size).softmax(dim=-1)
-        return (x * weights).sum(dim=-1)
+        if x.shape[-1] % self.pool_size:
+            raise ValueError(f"softmax pooling needs a length divisible by {self.pool_size}, got {x.shape[-1]}")
+        return _SoftmaxPoolingFunction.apply(x, self.weight.to(x.dtype), self.pool_size)
 
 
 class MaxPooling(nn.Module):

@@ -62,8 +62,10 @@ class Head(nn.Module):
         init_sonnet_linear(self.linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.softplus(self.linear(at_least_float32(x)))
+        if x.device.type in ("cuda", "cpu", "xpu") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return F.softplus(self.linear(at_least_float32(x)))
+        return F.softplus(self.linear(x))
 
 
 def one_hot(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -285,7 +286,7 @@ def read_sonnet_checkpoint(prefix: str) -> dict[str, torch.Tensor]:
     out = {}
     for key in reader.get_variable_to_shape_map():
         if key.startswith("module/") and key.endswith(_SONNET_SUFFIX):
-            out[key[len("module/"):-len(_SONNET_SUFFIX)]] = torch.from_numpy(reader.get_tensor(key).copy())
+            out[key[len("module/"):-len(_SONNET_SUFFIX)]] = torch.from_numpy(np.array(reader.get_tensor(key)))
     if not out:
         raise UserError(f"{prefix}: checkpoint has no variables under 'module/'; expected "
                         "tf.train.Checkpoint(module=enformer), as DeepMind's sonnet_weights")

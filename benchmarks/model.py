@@ -1,0 +1,109 @@
+"""Forward+backward time and peak memory of this Enformer against enformer-pytorch.
+
+Same config (the official colab's quarter width: channels 384, 11 layers, 196,608 bp), same
+weights (converted from the enformer-pytorch model), same input, training mode, batch 1, CPU.
+Each model runs in its own fresh process so that peak memory is its own: peak RSS during the
+steps minus RSS before them, i.e. what the step itself allocates.
+
+    USE_TF=0 python benchmarks/model.py [--steps 3] [--threads 2] [--channels 384]
+Needs `pip install enformer-pytorch`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("USE_TF", "0")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child(which: str, args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    state = torch.load(args.weights, weights_only=True)
+    x = torch.load(args.input, weights_only=True)
+    if which == "enformer-pytorch":
+        from enformer_pytorch import Enformer as Reference
+
+        model = Reference.from_hparams(dim=args.channels, depth=args.layers, heads=8,
+                                       output_heads=dict(human=5313, mouse=1643), target_length=896)
+        model.load_state_dict(state)
+        inputs = torch.eye(5, 4)[x.long()]
+    else:
+        from enformer_train.model.weights import from_enformer_pytorch
+
+        model = from_enformer_pytorch(state)
+        inputs = x
+    model.train()
+    times = []
+    base = _rss_bytes()
+    for _ in range(args.steps + 1):  # the first step warms up allocators and caches
+        start = time.perf_counter()
+        out = model(inputs)
+        loss = out["human"].mean() + out["mouse"].mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+        del out, loss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": statistics.median(times[1:]), "peak_bytes": peak - base}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--channels", type=int, default=384)
+    p.add_argument("--layers", type=int, default=11)
+    p.add_argument("--length", type=int, default=196_608)
+    p.add_argument("--child", choices=["enformer-pytorch", "enformer-train"])
+    p.add_argument("--weights")
+    p.add_argument("--input")
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args)))
+        return
+
+    import torch
+    from enformer_pytorch import Enformer as Reference
+
+    torch.manual_seed(0)
+    reference = Reference.from_hparams(dim=args.channels, depth=args.layers, heads=8,
+                                       output_heads=dict(human=5313, mouse=1643), target_length=896)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, inputs = os.path.join(tmp, "weights.pt"), os.path.join(tmp, "input.pt")
+        torch.save(reference.state_dict(), weights)
+        torch.save(torch.randint(0, 5, (1, args.length), dtype=torch.uint8), inputs)
+        del reference
+        results = {}
+        for which in ("enformer-pytorch", "enformer-train"):
+            cmd = [sys.executable, __file__, "--child", which, "--weights", weights, "--input", inputs,
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--channels", str(args.channels),
+                   "--layers", str(args.layers), "--length", str(args.length)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[which] = json.loads(out.strip().splitlines()[-1])
+
+    ref = results["enformer-pytorch"]
+    print(f"Enformer forward+backward, CPU, {args.threads} threads, batch 1, channels {args.channels}, "
+          f"{args.layers} layers, {args.length:,} bp, training mode, median of {args.steps} steps")
+    print(f"| {'model':<16} | {'seconds':>8} | {'peak MiB':>9} | {'time ratio':>10} | {'memory ratio':>12} |")
+    print(f"|{'-' * 18}|{'-' * 10}|{'-' * 11}|{'-' * 12}|{'-' * 14}|")
+    for which, r in results.items():
+        print(f"| {which:<16} | {r['seconds']:>8.2f} | {r['peak_bytes'] / 2**20:>9.0f} | "
+              f"{r['seconds'] / ref['seconds']:>10.2f} | {r['peak_bytes'] / ref['peak_bytes']:>12.2f} |")
+
+
+if __name__ == "__main__":
+    main()
