@@ -191,7 +191,11 @@ def test_fused_functions_have_exact_gradients():
     torch.testing.assert_close(y, torch.sigmoid(1.702 * z) * z)
 
     pool_w = torch.randn(4, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    torch.autograd.gradcheck(lambda x, w: _SoftmaxPoolingFunction.apply(x, w, 2), (x, pool_w))
+    torch.autograd.gradcheck(_SoftmaxPoolingFunction.apply, (x, pool_w))
+    # a softmax over each pair of positions, per channel
+    logits = torch.matmul(pool_w, x).view(3, 4, 3, 2)
+    expected = (x.view(3, 4, 3, 2) * logits.softmax(-1)).sum(-1)
+    torch.testing.assert_close(_SoftmaxPoolingFunction.apply(x, pool_w), expected)
 
     logits = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
     v = torch.randn(2, 3, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
@@ -203,7 +207,7 @@ def test_fused_functions_have_exact_gradients():
 
     torch.autograd.gradcheck(seeded, (logits, v))
     torch.manual_seed(5)
-    mask = torch.rand(2, 3, 5, 5, dtype=torch.float64) >= 0.3
+    mask = ~torch.empty(2, 3, 5, 5, dtype=torch.bool).bernoulli_(0.3)
     expected = torch.matmul(logits.softmax(-1) * mask / 0.7, v)
     torch.testing.assert_close(seeded(logits, v), expected)
     assert 0 < (~mask).sum() < mask.numel()

@@ -89,26 +89,28 @@ class _AttendFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, v, rate, training):
         p = logits.softmax(dim=-1)
-        mask = None
+        dropped = None
         weights = p
         if training and rate > 0:
-            mask = torch.rand_like(p) >= rate
-            weights = p * mask / (1.0 - rate)
-        ctx.save_for_backward(p, v, mask)
+            dropped = torch.empty(p.shape, dtype=torch.bool, device=p.device).bernoulli_(rate)
+            weights = p.masked_fill(dropped, 0.0).mul_(1.0 / (1.0 - rate))
+        ctx.save_for_backward(p, v, dropped)
         ctx.rate = rate
         return torch.matmul(weights, v)
 
     @staticmethod
     def backward(ctx, grad):
-        p, v, mask = ctx.saved_tensors
-        weights = p if mask is None else p * mask / (1.0 - ctx.rate)
+        p, v, dropped = ctx.saved_tensors
+        scale = 1.0 / (1.0 - ctx.rate)
+        weights = p if dropped is None else p.masked_fill(dropped, 0.0).mul_(scale)
         grad_v = torch.matmul(weights.transpose(-1, -2), grad)
         del weights
         grad_p = torch.matmul(grad, v.transpose(-1, -2))
-        if mask is not None:
-            grad_p = grad_p * mask / (1.0 - ctx.rate)
-        grad_logits = p * (grad_p - (grad_p * p).sum(dim=-1, keepdim=True))
-        return grad_logits, grad_v, None, None
+        if dropped is not None:
+            grad_p.masked_fill_(dropped, 0.0).mul_(scale)
+        # softmax backward: p (grad_p - sum(grad_p p))
+        row = (grad_p * p).sum(dim=-1, keepdim=True)
+        return grad_p.sub_(row).mul_(p), grad_v, None, None
 
 
 class MultiheadAttention(nn.Module):

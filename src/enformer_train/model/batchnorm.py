@@ -82,12 +82,12 @@ class _BatchNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_mean, _grad_var):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         channels = x.shape[1]
-        x_hat = (x - mean[None, :, None]) * invstd[None, :, None]
+        x_hat = (x - mean[None, :, None]).mul_(invstd[None, :, None])
         if ctx.gelu:
+            # d/dz [s(1.702 z) z] = s (1 + 1.702 z (1 - s)), in place to spare allocations
             z = torch.addcmul(bias[None, :, None], x_hat, weight[None, :, None])
             s = torch.sigmoid(z * _GELU_SCALE)
-            # d/dz [s(1.702 z) z] = s + 1.702 z s (1 - s)
-            grad_z = grad_y * (s + _GELU_SCALE * z * s * (1 - s))
+            grad_z = torch.rsub(s, 1).mul_(z).mul_(_GELU_SCALE).add_(1).mul_(s).mul_(grad_y)
             del z, s
         else:
             grad_z = grad_y
@@ -101,8 +101,8 @@ class _BatchNormFunction(torch.autograd.Function):
             sum_dz, sum_dz_xhat = sums[:channels], sums[channels:]
         mean_dz = (sum_dz / ctx.count).to(x.dtype)
         mean_dz_xhat = (sum_dz_xhat / ctx.count).to(x.dtype)
-        grad_x = (grad_z - mean_dz[None, :, None] - x_hat * mean_dz_xhat[None, :, None]) * (
-            weight * invstd)[None, :, None]
+        grad_x = x_hat.mul_(-mean_dz_xhat[None, :, None]).add_(grad_z).sub_(mean_dz[None, :, None]).mul_(
+            (weight * invstd)[None, :, None])
         return grad_x, grad_weight, grad_bias, None, None, None
 
 

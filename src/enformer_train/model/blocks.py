@@ -61,66 +61,64 @@ class Residual(nn.Module):
 
 
 class _SoftmaxPoolingFunction(torch.autograd.Function):
-    """out[b, c, i] = sum_k x[b, c, i, k] softmax_k(logits[b, c, i, k]), logits = weight @ x.
+    """Softmax pooling of pairs: out[b, c, i] = x0 + (x1 - x0) sigmoid(l1 - l0), where (x0, x1) are
+    positions 2i and 2i + 1 and l = weight @ x. A softmax over two logits is the sigmoid of their
+    difference, and l1 - l0 = weight @ (x1 - x0), so one half-length matmul gives it.
 
-    Keeps only x for backward and recomputes the weights there: the pooled-away resolution is the
-    largest activation of the network, and autograd would keep both x and the softmax of it.
+    Keeps only x for backward and recomputes the rest there: this is the largest activation of
+    the network, and autograd would keep x, the logits' softmax and more.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, pool_size):
+    def forward(ctx, x, weight):
         ctx.save_for_backward(x, weight)
-        ctx.pool_size = pool_size
-        return _pool(x, weight, pool_size)[0]
+        x0, diff, s = _pair_weights(x, weight)
+        return torch.addcmul(x0, diff, s)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        b, c, length = x.shape
-        pooled, p = _pool(x, weight, ctx.pool_size)
-        xs = x.reshape(b, c, -1, ctx.pool_size)
-        g = grad[..., None]
-        # d out / d x_k = p_k (direct) ; d out / d logit_k = p_k (x_k - out)
-        grad_logits = (g * p * (xs - pooled[..., None])).reshape(b, c, length)
-        grad_x = (g * p).reshape(b, c, length)
-        del p
-        grad_x = grad_x + torch.matmul(weight.t(), grad_logits)
-        grad_weight = torch.matmul(grad_logits, x.transpose(1, 2)).sum(0)
-        return grad_x, grad_weight, None
+        _, diff, s = _pair_weights(x, weight)
+        g1 = grad * s
+        # d out / d (l1 - l0) = g (x1 - x0) s (1 - s); l1 - l0 = weight @ (x1 - x0)
+        d = torch.rsub(s, 1).mul_(g1).mul_(diff)
+        del s
+        grad_weight = torch.matmul(d, diff.transpose(1, 2)).sum(0)
+        u = torch.matmul(weight.t(), d)
+        del d, diff
+        grad_x1 = g1.add_(u)
+        grad_x0 = torch.sub(grad, grad_x1)
+        return torch.stack([grad_x0, grad_x1], dim=-1).flatten(-2), grad_weight
 
 
-def _pool(x: torch.Tensor, weight: torch.Tensor, pool_size: int):
-    b, c, length = x.shape
-    p = torch.matmul(weight, x).reshape(b, c, length // pool_size, pool_size).softmax(dim=-1)
-    return (x.reshape(b, c, -1, pool_size) * p).sum(dim=-1), p
+def _pair_weights(x: torch.Tensor, weight: torch.Tensor):
+    """x [b, c, 2n] -> x0 [b, c, n] (a view), x1 - x0, and the weight of x1, sigmoid(weight @ (x1 - x0))."""
+    x0 = x[..., 0::2]
+    diff = x[..., 1::2] - x0
+    return x0, diff, torch.sigmoid(torch.matmul(weight, diff))
 
 
 class SoftmaxPooling(nn.Module):
-    """Pool pairs of positions with per-channel softmax weights. [batch, channels, length] -> length / pool.
+    """Pool pairs of positions with per-channel softmax weights. [batch, channels, length] -> length / 2.
 
     The logits come from a bias-free linear layer over channels initialised to 2 x identity, so at
     initialisation it leans towards max pooling.
     """
 
-    def __init__(self, channels: int, pool_size: int = 2, w_init_scale: float = 2.0) -> None:
+    def __init__(self, channels: int, w_init_scale: float = 2.0) -> None:
         super().__init__()
-        self.pool_size = pool_size
         # weight[out, in], applied over the channel axis
         self.weight = nn.Parameter(torch.eye(channels) * w_init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] % self.pool_size:
-            raise ValueError(f"softmax pooling needs a length divisible by {self.pool_size}, got {x.shape[-1]}")
-        return _SoftmaxPoolingFunction.apply(x, self.weight.to(x.dtype), self.pool_size)
+        if x.shape[-1] % 2:
+            raise ValueError(f"softmax pooling needs an even length, got {x.shape[-1]}")
+        return _SoftmaxPoolingFunction.apply(x, self.weight.to(x.dtype))
 
 
 class MaxPooling(nn.Module):
-    def __init__(self, pool_size: int = 2) -> None:
-        super().__init__()
-        self.pool_size = pool_size
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool1d(x, self.pool_size)
+        return F.max_pool1d(x, 2)
 
 
 def pooling(kind: str, channels: int) -> nn.Module:
