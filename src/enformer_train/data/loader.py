@@ -87,7 +87,7 @@ class _Batches(IterableDataset):
         shifts = np.zeros(n, dtype=np.int64)
         reverse = np.zeros(n, dtype=np.bool_)
         window = np.empty(store.window, dtype=np.uint8)
-        scratch = None
+        scratch = permuted = None
         strand_pair = store.strand_pair
         identity = np.array_equal(strand_pair, np.arange(len(strand_pair)))
         margin = (store.window - self.length) // 2
@@ -98,10 +98,13 @@ class _Batches(IterableDataset):
             if reverse[j]:
                 np.take(COMPLEMENT, cut[::-1], out=seq_np[j])
                 scratch = store.read_target(i, out=scratch)
+                if permuted is None:
+                    permuted = np.empty_like(scratch)
                 if identity:
                     tgt_np[j] = scratch[::-1]
-                else:
-                    np.take(scratch[::-1], strand_pair, axis=1, out=tgt_np[j])
+                else:  # a gather along contiguous rows, then the reversed copy: ~2x faster than one strided gather
+                    permuted = np.take(scratch, strand_pair, axis=1, out=permuted)
+                    tgt_np[j] = permuted[::-1]
             else:
                 seq_np[j] = cut
                 store.read_target(i, out=tgt_np[j])
