@@ -1,0 +1,28 @@
+from enformer_train.cli import main
+from enformer_train.model.info import measure
+from model_helpers import tiny_config
+
+
+def test_info_prints_parameters_per_part(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "251,221,292" in out
+    for part in ("stem", "conv_tower", "transformer", "final_pointwise", "head human", "head mouse"):
+        assert part in out
+    assert "forward FLOPs/sample" in out and "training FLOPs/sample" in out
+
+
+def test_transformer_layer_flops_match_the_formula():
+    """One more transformer layer adds exactly its matmul FLOPs (2 per multiply-add)."""
+    one, two = measure(tiny_config(num_transformer_layers=1)), measure(tiny_config(num_transformer_layers=2))
+    c = tiny_config()
+    t, h, k, v, f = 1024 // c.bin_size, c.num_heads, c.key_size, c.value_size, c.num_relative_position_features
+    layer = 2 * (
+        t * c.channels * (2 * h * k + h * v)     # q, k, v projections
+        + (2 * t - 1) * f * h * k                # relative position keys
+        + h * t * t * k + h * t * (2 * t - 1) * k  # content and relative logits
+        + h * t * t * v                          # weights @ values
+        + t * h * v * c.channels                 # output projection
+        + 2 * t * c.channels * 2 * c.channels)   # MLP
+    assert two["forward_flops"] - one["forward_flops"] == layer
+    assert 2.5 < two["training_flops"] / two["forward_flops"] < 3.5
