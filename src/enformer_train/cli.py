@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -25,6 +25,27 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     run_prepare(args)
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train.config import load_config
+    from .train.trainer import train
+
+    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    if result:
+        print(" ".join(f"{k}={v:.4f}" for k, v in result.items() if k.endswith("pearson_r")))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .train.evaluate import run_evaluate
+
+    summary = run_evaluate(args.checkpoint, args.split, args.out, tta=args.tta, batch_size=args.batch_size,
+                           max_batches=args.max_batches, device=args.device)
+    if summary:
+        for organism, values in summary["organisms"].items():
+            print(f"{organism}: pearson_r {values['pearson_r']:.4f}, r2 {values['r2']:.4f}, "
+                  f"poisson_loss {values['poisson_loss']:.4f}")
+        print(f"wrote {args.out}/summary.json and tracks-*.csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enformer-train", description="Train Enformer in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--format", choices=["auto", "sonnet", "enformer-pytorch"], default="auto")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("train", help="train (one process, or under torchrun on one node or many)")
+    p.add_argument("--config", help="YAML config (model:, data:, train:); defaults are the paper's recipe")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.run_dir")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split, per track (CSV) and summary (JSON)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run folder (its latest)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="folder for summary.json and tracks-<organism>.csv")
+    p.add_argument("--tta", action="store_true", help="average over reverse complement and shifts of -1, 0, 1")
+    p.add_argument("--batch-size", type=int, help="per rank (default: the training batch per rank)")
+    p.add_argument("--max-batches", type=int, help="per rank; default the whole split")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("prepare", help="build the 196,608-bp training store from FASTA, BED and Basenji records")
     from .data.prepare import add_prepare_arguments
@@ -54,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"enformer-train {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:
+        print(f"enformer-train {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"enformer-train {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -7,3 +7,13 @@ keeps its traceback.
 
 class UserError(Exception):
     """A problem the user can fix. The message names the file, line or record and what to do."""
+
+
+class Stopped(Exception):
+    """Training stopped by a signal (preemption, Ctrl-C) after saving a checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: str):
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint}; continue with --resume")
+        self.signum = signum

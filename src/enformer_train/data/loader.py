@@ -165,7 +165,10 @@ class Loader:
         if not self.train and self._handed_out >= self._steps:
             self._handed_out = 0  # each evaluation pass starts again
         dataset = self._dataset(self._handed_out)
+        # A private generator: DataLoader draws its workers' base seed from it, and drawing from the
+        # global one would shift the training RNG (dropout) by the time the iterator was made.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            generator=torch.Generator().manual_seed(self.seed),
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
                             persistent_workers=False)
         for batch in loader:

@@ -90,4 +90,6 @@ class EnformerConfig:
         if unknown:
             raise UserError(f"{source}: unknown model option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
-        return cls(**d)
+        from ..config_file import coerce
+
+        return cls(**coerce(cls, d, source))

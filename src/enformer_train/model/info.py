@@ -5,6 +5,8 @@ under torch's FLOP counter, and the tensors autograd saves for backward are adde
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -24,6 +26,8 @@ def parameter_counts(model: Enformer) -> dict[str, int]:
 def measure(config: EnformerConfig, batch: int = 1) -> dict[str, float]:
     """Parameters, forward and training FLOPs per sample, and the activation bytes per sample that
     a training step keeps for backward (float32, no checkpointing), at config.sequence_length."""
+    # Local batch norm: the meta device has nothing to all-reduce, whatever process group exists.
+    config = dataclasses.replace(config, cross_replica_batchnorm=False)
     with torch.device("meta"):
         model = Enformer(config).train()
         x = torch.zeros(batch, config.sequence_length, 4)

@@ -1,0 +1,1 @@
+"""Training: the distributed setup, the loop, validation metrics, checkpoints and logs."""

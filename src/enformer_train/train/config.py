@@ -1,0 +1,135 @@
+"""The run's configuration: model, data and training, one dataclass each; the defaults are the
+paper's recipe, YAML files and `section.key=value` overrides change them."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config_file import coerce, read_yaml
+from ..errors import UserError
+from ..model.config import EnformerConfig
+
+
+@dataclass
+class DataConfig:
+    # {organism: store folder} from `enformer-train prepare`; each organism must match a model head.
+    stores: dict[str, str] = field(default_factory=dict)
+    train_split: str = "train"
+    valid_split: str = "valid"
+    max_shift: int = 3  # augmentation: shift by up to this many bp (the store keeps the margin)
+    reverse_complement: bool = True  # augmentation: reverse complement with probability 0.5
+    num_workers: int = 2  # loader worker processes per rank and organism
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/enformer"
+    seed: int = 42
+    steps: int = 150_000
+    batch_size: int = 64  # global batch: batch_per_rank x ranks x accumulation steps
+    batch_per_rank: int | None = None  # None: batch_size / ranks (no accumulation)
+    learning_rate: float = 5e-4
+    warmup_steps: int = 5_000
+    schedule: str = "constant"  # after warmup: 'constant' or 'cosine' (to 0 at `steps`)
+    weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    clip_grad_norm: float = 0.2  # global norm, after the gradient all-reduce; 0 disables
+    update: str = "alternate"  # 'alternate': an optimizer update per organism batch (official colab); 'sum'
+    precision: str = "auto"  # 'auto' (bf16 autocast on CUDA, float32 elsewhere), 'bf16', 'fp32'
+    compile: bool = False
+    device: str = "auto"  # 'auto', 'cpu', 'cuda'
+    log_every: int = 10
+    eval_every: int = 5_000
+    eval_batches: int | None = None  # None: the whole validation split
+    eval_batch_per_rank: int | None = None  # None: batch_per_rank
+    checkpoint_every: int = 1_000
+    keep_checkpoints: int = 3
+    max_nonfinite: int = 10  # stop (with a checkpoint) after this many steps in a row with a skipped update
+    tensorboard: bool = True  # when the tensorboard package is installed
+    wandb_project: str | None = None
+
+
+@dataclass
+class Config:
+    model: EnformerConfig = field(default_factory=EnformerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.model), "data": asdict(self.data), "train": asdict(self.train)}
+
+    def validate(self) -> None:
+        t = self.train
+        if t.schedule not in ("constant", "cosine"):
+            raise UserError(f"train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")
+        if t.update not in ("alternate", "sum"):
+            raise UserError(f"train.update must be 'alternate' or 'sum', got {t.update!r}")
+        if t.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {t.precision!r}")
+        if not self.data.stores:
+            raise UserError("data.stores is empty: give {organism: store folder}, e.g. data.stores.human=stores/human")
+        for organism in self.data.stores:
+            if organism not in self.model.heads:
+                raise UserError(f"data.stores has {organism!r} but the model's heads are {', '.join(self.model.heads)}")
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if cls is TrainConfig and "adam_betas" in values:
+        values = {**values, "adam_betas": tuple(values["adam_betas"])}
+    return cls(**coerce(cls, values, where))
+
+
+def config_from_dict(d: dict, where: str = "config") -> Config:
+    unknown = sorted(set(d) - {"model", "data", "train"})
+    if unknown:
+        raise UserError(f"{where}: unknown section(s) {', '.join(unknown)}; sections are model, data, train")
+    for name in ("model", "data", "train"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise UserError(f"{where}: section {name} must be a mapping")
+    config = Config(model=EnformerConfig.from_dict(d.get("model") or {}, source=f"{where} (model)"),
+                    data=_build(DataConfig, d.get("data") or {}, f"{where} (data)"),
+                    train=_build(TrainConfig, d.get("train") or {}, f"{where} (train)"))
+    return config
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """`section.key=value` (value parsed as YAML; deeper keys with more dots, e.g. data.stores.human=DIR)."""
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UserError(f"override {item!r}: expected section.key=value, e.g. train.steps=1000")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = d
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r}: {part} is not a section")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"override {item!r}: value is not valid YAML ({e})") from None
+    return d
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    d = read_yaml(path) if path else {}
+    d = apply_overrides(d, list(overrides))
+    config = config_from_dict(d, where=path or "overrides")
+    config.validate()
+    return config
+
+
+def replace(config: Config, **sections) -> Config:
+    return dataclasses.replace(config, **sections)

@@ -1,0 +1,304 @@
+"""The training loop, top to bottom: setup, steps, validation, checkpoints, logs.
+
+Each step takes one human and one mouse batch (every organism in data.stores). With
+update='alternate' (the official colab), each organism's batch gets its own optimizer update,
+touching the trunk and its own head; with update='sum', one update on the summed losses.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.augment import Augment
+from ..data.loader import Loader, to_device
+from ..data.store import Store
+from ..errors import Stopped, UserError
+from ..model import Enformer
+from ..model.info import measure
+from ..model.weights import save_model
+from . import checkpoint as ckpt
+from .config import Config
+from .distributed import World, all_gather_objects, all_reduce_, barrier, setup, teardown
+from .evaluate import cage_tracks, evaluate_store
+from .logging import MetricsLog
+from .metrics import poisson_loss
+from .optim import learning_rate, make_optimizer
+
+# bf16 dense peak FLOP/s per device, for model FLOP utilisation; unknown devices log none.
+_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
+               "V100": 125e12}
+
+
+class NonFiniteError(UserError):
+    pass
+
+
+class Trainer:
+    def __init__(self, config: Config, resume: bool = False):
+        self.config = config
+        t = config.train
+        self.world: World = setup(t.device)
+        self.run_dir = Path(t.run_dir)
+        organisms = list(config.data.stores)
+        self.organisms = organisms
+
+        self.flops_per_sample = measure(config.model)["training_flops"]
+        # The model is initialised alike on every rank; dropout then differs per rank.
+        torch.manual_seed(t.seed)
+        model = Enformer(config.model).to(self.world.device)
+        torch.manual_seed(t.seed + 1000 * self.world.rank + 1)
+        self.model = model
+
+        ws = self.world.world_size
+        self.batch_per_rank = t.batch_per_rank or t.batch_size // ws
+        if self.batch_per_rank <= 0 or t.batch_size % (self.batch_per_rank * ws):
+            raise UserError(f"train.batch_size {t.batch_size} is not batch_per_rank ({self.batch_per_rank}) x "
+                            f"{ws} ranks x a whole number of accumulation steps")
+        self.accumulation = t.batch_size // (self.batch_per_rank * ws)
+
+        self.stores = {o: Store(path, config.data.train_split) for o, path in config.data.stores.items()}
+        self.valid = {o: Store(path, config.data.valid_split) for o, path in config.data.stores.items()}
+        for o, store in self.stores.items():
+            if store.target_length != config.model.target_length or store.num_targets != config.model.heads[o]:
+                raise UserError(f"{store.path}: targets [{store.target_length}, {store.num_targets}] but the model's "
+                                f"{o} head gives [{config.model.target_length}, {config.model.heads[o]}]")
+        augment = Augment(config.data.max_shift, 0.5 if config.data.reverse_complement else 0.0)
+        self.loaders = {o: Loader(s, self.batch_per_rank, train=True, seed=t.seed, rank=self.world.rank,
+                                  world_size=ws, num_workers=config.data.num_workers, augment=augment,
+                                  context=config.model.sequence_length) for o, s in self.stores.items()}
+
+        self.optimizer = make_optimizer(model, t)
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
+        resume_from = None
+        if resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
+            if ckpt.list_checkpoints(self.run_dir):
+                resume_from = ckpt.load_checkpoint(self.run_dir, map_location=self.world.device)
+                self._restore(resume_from)
+            elif resume:
+                raise UserError(f"{self.run_dir}: --resume given but the run folder has no checkpoints")
+
+        self.ddp = model
+        if self.world.distributed:
+            # Batch norm statistics are global already (cross-replica), so no buffer broadcast.
+            # A step uses one head: the other head's parameters are unused.
+            self.ddp = DistributedDataParallel(model, device_ids=[self.world.device] if self.world.device.type == "cuda"
+                                               else None, broadcast_buffers=False, find_unused_parameters=True)
+        self.forward = torch.compile(self.ddp) if t.compile else self.ddp
+        self.autocast = (t.precision == "bf16") or (t.precision == "auto" and self.world.device.type == "cuda")
+
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.write(self.run_dir / "config.yaml")
+        barrier()
+        self.log = MetricsLog(self.run_dir, self.world.is_main, resume_from["step"] if resume_from else None,
+                              tensorboard=t.tensorboard, wandb_project=t.wandb_project, config=config.to_dict())
+        self._stop_signal = 0
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _restore(self, state: dict) -> None:
+        saved_world = len(state["rng"])
+        if saved_world != self.world.world_size:
+            raise UserError(f"{state['path']}: saved by {saved_world} ranks, now {self.world.world_size}; an exact "
+                            "resume needs the same number of ranks")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for o, loader in self.loaders.items():
+            loader.load_state_dict(state["loaders"][o])
+        ckpt.set_rng_state(state["rng"][self.world.rank], self.world.device)
+        self.step = state["step"]
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.nonfinite_run = state.get("nonfinite_run", 0)
+
+    def save(self) -> Path:
+        rngs = all_gather_objects(ckpt.rng_state(self.world.device))
+        path = ckpt.checkpoint_path(self.run_dir, self.step)
+        if self.world.is_main:
+            state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "loaders": {o: loader.state_dict() for o, loader in self.loaders.items()}, "rng": rngs,
+                     "config": self.config.to_dict(), "nonfinite_total": self.nonfinite_total,
+                     "nonfinite_run": self.nonfinite_run}
+            path = ckpt.save_checkpoint(self.run_dir, state, self.config.train.keep_checkpoints)
+        barrier()
+        return path
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def _backward(self, organism: str, batches: list[dict], last_in_update: bool) -> torch.Tensor:
+        total = torch.zeros((), device=self.world.device)
+        for i, batch in enumerate(batches):
+            batch = to_device(batch, self.world.device)
+            sync = last_in_update and i == len(batches) - 1
+            no_sync = self.ddp.no_sync() if self.world.distributed and not sync else contextlib.nullcontext()
+            amp = torch.autocast(self.world.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+            with no_sync:
+                with amp:
+                    pred = self.forward(batch["sequence"], head=organism)
+                loss = poisson_loss(pred, batch["target"])
+                (loss / len(batches)).backward()
+            total += loss.detach() / len(batches)
+        return total
+
+    def _update(self, heads: list[str]) -> torch.Tensor:
+        """Clip by global norm and step; a non-finite gradient skips the update. Returns the norm."""
+        for name, head in self.model.heads.items():
+            if name not in heads:
+                for p in head.parameters():
+                    p.grad = None  # DDP fills unused parameters with zeros; Adam must skip them
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.config.train.clip_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        else:
+            self.nonfinite_total += 1
+            self._skipped_in_step += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    def train_step(self, batches: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
+        self._skipped_in_step = 0
+        lr = learning_rate(self.step, self.config.train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = {}
+        if self.config.train.update == "alternate":
+            for organism in self.organisms:
+                out[f"loss/{organism}"] = self._backward(organism, batches[organism], last_in_update=True)
+                out[f"grad_norm/{organism}"] = self._update([organism])
+        else:
+            for k, organism in enumerate(self.organisms):
+                out[f"loss/{organism}"] = self._backward(organism, batches[organism],
+                                                         last_in_update=k == len(self.organisms) - 1)
+            out["grad_norm"] = self._update(self.organisms)
+        return out
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        t = self.config.train
+        values = {}
+        for organism, store in self.valid.items():
+            stats = evaluate_store(self.model, store, organism, self.world, t.eval_batch_per_rank or self.batch_per_rank,
+                                   max_batches=t.eval_batches, num_workers=self.config.data.num_workers,
+                                   autocast=self.autocast, context=self.config.model.sequence_length)
+            for key, value in stats.summary(cage_tracks(store)).items():
+                values[f"valid/{organism}/{key}"] = value
+        return values
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def _stop_requested(self) -> int:
+        flag = torch.tensor([self._stop_signal], device=self.world.device)
+        return int(all_reduce_(flag, op=dist.ReduceOp.MAX).item())
+
+    def fit(self) -> dict[str, float]:
+        t = self.config.train
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        iterators = {o: iter(loader) for o, loader in self.loaders.items()}
+        bar = None
+        if self.world.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True)
+        window = {"time": time.perf_counter(), "steps": 0}
+        pending: dict[str, list[torch.Tensor]] = {}
+        last_eval: dict[str, float] = {}
+        try:
+            while self.step < t.steps:
+                batches = {o: [next(iterators[o]) for _ in range(self.accumulation)] for o in self.organisms}
+                out = self.train_step(batches)
+                self.step += 1
+                window["steps"] += 1
+                self.nonfinite_run = self.nonfinite_run + 1 if self._skipped_in_step else 0
+                for key, value in out.items():
+                    pending.setdefault(key, []).append(value)
+                if self.nonfinite_run >= t.max_nonfinite:
+                    path = self.save()
+                    raise NonFiniteError(f"{t.max_nonfinite} steps in a row had a non-finite loss or gradient "
+                                         f"(step {self.step}); saved {path}. Check the data for NaN/inf targets, or "
+                                         "lower train.learning_rate")
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    record = self._log_record(pending, window, bar)
+                    pending = {}
+                    self.log.log(self.step, record)
+                if self.step % t.eval_every == 0 or self.step == t.steps:
+                    last_eval = self.validate()
+                    self.log.log(self.step, last_eval)
+                    if bar is not None:
+                        bar.write(f"step {self.step}: " + ", ".join(
+                            f"{k.split('/', 1)[1]} {v:.4f}" for k, v in last_eval.items() if k.endswith("pearson_r")))
+                if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                    self.save()
+                signum = self._stop_requested()
+                if signum:
+                    path = self.save()
+                    raise Stopped(signum, str(path))
+            if self.world.is_main:
+                save_model(self.model, self.run_dir / "model.safetensors")
+            barrier()
+            return last_eval
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.log.close()
+
+    def _log_record(self, pending: dict, window: dict, bar) -> dict:
+        values = {}
+        for key, items in pending.items():
+            stacked = torch.stack(items).float()
+            if key.startswith("loss/"):
+                # mean over ranks of the mean over steps; non-finite steps are counted, not averaged
+                finite = torch.isfinite(stacked)
+                both = torch.stack([torch.where(finite, stacked, 0).sum(), finite.sum().float()])
+                all_reduce_(both)
+                values[key] = (both[0] / both[1]).item() if both[1] > 0 else float("nan")
+            else:
+                values[key] = stacked[-1].item()
+        elapsed = time.perf_counter() - window["time"]
+        samples = window["steps"] * self.config.train.batch_size * len(self.organisms)
+        values["lr"] = learning_rate(self.step - 1, self.config.train)
+        values["samples_per_s"] = samples / elapsed
+        values["tflops_per_s"] = samples * self.flops_per_sample / elapsed / 1e12
+        peak = self._peak_flops()
+        if peak:
+            values["mfu"] = samples * self.flops_per_sample / elapsed / (peak * self.world.world_size)
+        values["nonfinite_skipped"] = self.nonfinite_total
+        window["time"], window["steps"] = time.perf_counter(), 0
+        if bar is not None:
+            bar.update(self.step - bar.n)
+            bar.set_postfix({k.split("/")[-1] if k.startswith("loss/") else k: f"{v:.4g}" for k, v in values.items()
+                             if k.startswith("loss/") or k in ("lr", "samples_per_s")})
+        return values
+
+    def _peak_flops(self) -> float | None:
+        if self.world.device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(self.world.device)
+        return next((v for k, v in _PEAK_FLOPS.items() if k in name), None)
+
+    def close(self) -> None:
+        teardown()
+
+
+def train(config: Config, resume: bool = False) -> dict[str, float]:
+    trainer = Trainer(config, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,0 +1,95 @@
+"""Distributed validation equals one process; `enformer-train evaluate` writes per-track CSV and a summary."""
+import csv
+import json
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from conftest_data import store_dir
+from enformer_train import Enformer
+from enformer_train.cli import main
+from enformer_train.data.store import Store
+from enformer_train.train.distributed import setup, teardown
+from enformer_train.train.evaluate import evaluate_store
+from model_helpers import randomise_, tiny_config
+from train_helpers import overrides, run
+
+
+def _model():
+    model = Enformer(tiny_config(sequence_length=6144, target_length=16, heads={"human": 8, "mouse": 6}))
+    randomise_(model, seed=11)
+    return model
+
+
+def _store():
+    store = Store(store_dir("human"), "valid")
+    store._count = 31  # an odd split: rank shares of 16 and 15, batches of 3 leave short last batches
+    return store
+
+
+def _worker(rank, world_size, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = setup("cpu")
+    try:
+        stats = evaluate_store(_model(), _store(), "human", world, 3)
+        torch.save(stats.sums, os.path.join(out, f"sums{rank}.pt"))
+    finally:
+        teardown()
+
+
+def test_validation_on_two_ranks_equals_one_rank_on_an_uneven_split(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    two = [torch.load(tmp_path / f"sums{r}.pt", weights_only=True) for r in range(2)]
+    torch.testing.assert_close(two[0], two[1], rtol=0, atol=0)  # every rank holds the global sums
+
+    os.environ.pop("RANK", None), os.environ.pop("WORLD_SIZE", None)
+    one = evaluate_store(_model(), _store(), "human", setup("cpu"), 3)
+    assert int(one.sums[0, 0]) == 31 * 16  # every bin of every sample, once
+    torch.testing.assert_close(two[0], one.sums, rtol=1e-6, atol=1e-6)
+    a, b = one.summary(), type(one).__new__(type(one))
+    b.sums = two[0]
+    for key, value in a.items():
+        assert abs(b.summary()[key] - value) <= 1e-6, key
+
+
+def test_pearson_from_running_sums_is_per_track_over_all_bins():
+    from enformer_train.train.metrics import TrackStats
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(5, 7, 3, generator=g, dtype=torch.float64) + 0.1
+    target = pred * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.3 * torch.rand(5, 7, 3, generator=g,
+                                                                                            dtype=torch.float64)
+    stats = TrackStats(3, torch.device("cpu"))
+    stats.update(pred[:2], target[:2])
+    stats.update(pred[2:], target[2:])
+    expected = [torch.corrcoef(torch.stack([pred[..., t].flatten(), target[..., t].flatten()]))[0, 1] for t in range(3)]
+    torch.testing.assert_close(stats.per_track()["pearson_r"], torch.stack(expected))
+    y, x = target.flatten(0, 1), pred.flatten(0, 1)
+    r2 = 1 - ((y - x) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+    torch.testing.assert_close(stats.per_track()["r2"], r2)
+    assert abs(stats.summary()["pearson_r"] - float(torch.stack(expected).mean())) < 1e-12
+
+
+def test_evaluate_command_writes_tracks_and_summary(tmp_path, capsys):
+    run(1, overrides(tmp_path / "run", 2, 4))
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["split"] == "test"
+    assert set(summary["organisms"]) == {"human", "mouse"}
+    assert summary["organisms"]["human"]["bins"] == 32 * 16
+    rows = list(csv.DictReader((tmp_path / "ev" / "tracks-mouse.csv").open()))
+    assert len(rows) == 6 and set(rows[0]) == {"track", "pearson_r", "r2", "poisson_loss"}
+    mean = sum(float(r["pearson_r"]) for r in rows) / 6
+    assert abs(mean - summary["organisms"]["mouse"]["pearson_r"]) < 1e-5
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--split", "test", "--out", str(tmp_path / "tta"),
+                 "--tta"]) == 0
+    tta = json.loads((tmp_path / "tta" / "summary.json").read_text())
+    assert tta["tta"] is True and tta["organisms"]["human"]["bins"] == 32 * 16
+    assert tta["organisms"]["human"]["pearson_r"] != summary["organisms"]["human"]["pearson_r"]
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--split", "test", "--out", str(tmp_path / "x")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""The trainer with real processes over gloo: equivalence across ranks, exact resume, signals,
+restarts, non-finite updates."""
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest_data import store_dir
+from enformer_train.data.loader import Loader
+from enformer_train.data.store import Store
+from enformer_train.train.checkpoint import list_checkpoints, load_checkpoint
+from enformer_train.train.logging import read_metrics
+from train_helpers import command, env, overrides, run
+
+
+def _losses(run_dir):
+    return [(m["step"], m["loss/human"], m["loss/mouse"]) for m in read_metrics(run_dir) if "loss/human" in m]
+
+
+def test_two_ranks_with_batch_b_equal_one_rank_with_batch_2b(tmp_path):
+    run(1, overrides(tmp_path / "one", 4, 4))
+    run(2, overrides(tmp_path / "two", 4, 4))  # global batch 4 = 2 per rank
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, *_ in one] == [1, 2, 3, 4]
+    np.testing.assert_allclose(np.array(two)[:, 1:], np.array(one)[:, 1:], rtol=1e-5)
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    # A bias whose output reaches the next batch norm only through per-channel shifts (every conv
+    # bias of the stem and tower: residual adds and pair pooling carry a constant shift through; the
+    # last transformer block's output bias: the residual stream goes to the final batch norm) has an
+    # exactly zero gradient; Adam turns its float round-off into full-size steps, so those biases and
+    # the moving means that track them are compared through the model's outputs with batch
+    # statistics (training mode, no dropout), which no per-channel shift changes.
+    noise = {n for n in a if n.startswith(("stem.", "conv_tower.")) and n.endswith(("conv.bias", "running_mean"))}
+    noise |= {"transformer.0.mlp_linear2.bias", "final_pointwise.conv_block.norm.running_mean"}
+    for name in set(a) - noise:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    from enformer_train import load_model
+
+    x = torch.randint(0, 5, (2, 6144), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out_one = load_model(tmp_path / "one" / "model.safetensors").train()(x)
+        out_two = load_model(tmp_path / "two" / "model.safetensors").train()(x)
+    for head in out_one:
+        torch.testing.assert_close(out_two[head], out_one[head], rtol=1e-4, atol=1e-5)
+    # the weights did move: a step is not a no-op
+    start = load_file(tmp_path / "one" / "model.safetensors")["transformer.0.attention.output.weight"]
+    assert start.abs().max() > 0  # zero-initialised, so non-zero only after updates
+    valid = [m for m in read_metrics(tmp_path / "two") if "valid/human/pearson_r" in m]
+    assert valid and valid[-1]["step"] == 4
+
+
+def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
+    run(1, overrides(tmp_path / "full", 6, 4, "train.checkpoint_every=3", "train.eval_every=3", dropout=True))
+    run(1, overrides(tmp_path / "part", 3, 4, "train.checkpoint_every=3", "train.eval_every=3", dropout=True))
+    assert [p.name for p in list_checkpoints(tmp_path / "part")] == ["step-00000003.pt"]
+    run(1, ["--resume"] + overrides(tmp_path / "part", 6, 4, "train.checkpoint_every=3", "train.eval_every=3",
+                                    dropout=True))
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    full, part = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("samples_per_s", "tflops_per_s")} for m in ms]
+    assert strip(part) == strip(full)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
+    args = overrides(tmp_path / "run", 10_000, 4)
+    proc = subprocess.Popen(command(1, args), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "--resume" in err
+    state = load_checkpoint(tmp_path / "run")
+    assert state["step"] >= 2
+    assert state["step"] == read_metrics(tmp_path / "run")[-1]["step"]
+
+
+def test_killed_worker_is_restarted_and_the_run_finishes(tmp_path):
+    args = overrides(tmp_path / "run", 8, 4, "train.checkpoint_every=2")
+    proc = subprocess.Popen(command(2, args, ("--max-restarts", "1")), env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list_checkpoints(tmp_path / "run"):
+        time.sleep(0.5)
+    assert list_checkpoints(tmp_path / "run"), "no checkpoint appeared"
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[1]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert load_checkpoint(tmp_path / "run")["step"] == 8
+    steps = [s for s, *_ in _losses(tmp_path / "run")]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # resumed: no step logged twice
+
+
+def _batches_with(store_path, index, steps, batch):
+    loader = Loader(Store(store_path, "train"), batch, train=True, seed=42, context=6144)
+    hits = 0
+    for step, b in zip(range(steps), loader):
+        hits += int(index in b["index"].tolist())
+    return hits
+
+
+def _poisoned_store(tmp_path, index):
+    import shutil
+
+    out = tmp_path / "human"
+    shutil.copytree(store_dir("human"), out)
+    store = Store(str(out), "train")
+    row = store.target_length * store.num_targets * 2
+    with open(out / os.path.basename(store._files["target"]), "r+b") as f:
+        f.seek(index * row)
+        f.write(np.full(store.target_length * store.num_targets, np.nan, dtype=np.float16).tobytes())
+    return str(out)
+
+
+def test_nan_in_a_batch_is_skipped_and_logged(tmp_path):
+    human = _poisoned_store(tmp_path, 5)
+    steps = 40
+    expected = _batches_with(human, 5, steps, 4)
+    assert expected >= 1
+    run(1, overrides(tmp_path / "run", steps, 4, f"data.stores.human={human}"))
+    last = [m for m in read_metrics(tmp_path / "run") if "nonfinite_skipped" in m][-1]
+    assert last["nonfinite_skipped"] == expected
+    assert all(math.isfinite(m["loss/mouse"]) for m in read_metrics(tmp_path / "run") if "loss/mouse" in m)
+    # and a run whose data is all bad stops with a message and a checkpoint
+    proc = run(1, overrides(tmp_path / "bad", 3, 256, f"data.stores.human={human}", "train.max_nonfinite=2"),
+               check=False)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]  # above it only the progress bar
+    assert last.startswith("enformer-train train: error:") and "non-finite" in last and "step-00000002.pt" in last
+    assert load_checkpoint(tmp_path / "bad")["step"] == 2
+
+
+def test_bad_config_is_one_line(tmp_path):
+    proc = run(1, overrides(tmp_path / "run", 2, 4, "train.schedule=linear"), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("enformer-train train: error:") and "train.schedule" in proc.stderr
