@@ -148,3 +148,17 @@ def test_bad_config_is_one_line(tmp_path):
     proc = run(1, overrides(tmp_path / "run", 2, 4, "train.schedule=linear"), check=False)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("enformer-train train: error:") and "train.schedule" in proc.stderr
+
+
+def test_summed_update_on_two_ranks_equals_one_rank(tmp_path):
+    run(1, overrides(tmp_path / "one", 3, 4, "train.update=sum"))
+    run(2, overrides(tmp_path / "two", 3, 4, "train.update=sum"))
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    np.testing.assert_allclose(np.array(two)[:, 1:], np.array(one)[:, 1:], rtol=1e-5)
+    # one update a step: a single gradient norm is logged, not one per organism
+    metrics = [m for m in read_metrics(tmp_path / "one") if "loss/human" in m]
+    assert all("grad_norm" in m and "grad_norm/human" not in m for m in metrics)
+    # alternating: the mouse batch of step 1 already sees the human update; summed: it does not
+    run(1, overrides(tmp_path / "alt", 3, 4))
+    alt = _losses(tmp_path / "alt")
+    assert alt[0][1] == one[0][1] and alt[0][2] != one[0][2]
