@@ -19,7 +19,7 @@ How targets depend on the sequence (the same for both organisms, with different 
 - an enhancer motif within `enhancer_range` bp multiplies a promoter's bump by 1 + enhancer_gain:
   context beyond the bin helps. In the demo preset the range (768 bp, six bins) stays inside the
   1,024-bp flanks of its 6,144-bp records, so a tiny model trained on the records sees every enhancer
-  that matters, and about half of the promoters have one;
+  that matters, and about 70% of the promoters have one;
 - counts are Poisson around baseline + signal, stored as float16.
 """
 from __future__ import annotations
