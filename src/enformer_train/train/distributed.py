@@ -50,6 +50,15 @@ def setup(device: str = "auto") -> World:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+            # After a restart under torchrun, the workers of the new round must not read the
+            # connection keys the dead round left in the agent's store (gloo would dial ports that
+            # are gone and wait out its timeout): keys live under a prefix per restart.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                  is_master=False, timeout=timedelta(minutes=30))
+            kwargs["store"] = dist.PrefixStore(f"enformer-train/restart-{restart}", store)
+            kwargs.update(rank=rank, world_size=world_size)
         dist.init_process_group(backend, timeout=timedelta(minutes=30), **kwargs)
     return World(rank, world_size, local_rank, dev)
 
