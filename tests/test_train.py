@@ -1,6 +1,5 @@
 """The trainer with real processes over gloo: equivalence across ranks, exact resume, signals,
 restarts, non-finite updates."""
-import json
 import math
 import os
 import signal
@@ -8,7 +7,6 @@ import subprocess
 import time
 
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .basenji import TFRecordWriter, encode_example
-from .genome import N, encode, one_hot
+from .genome import encode, one_hot
 
 SPLITS = ("train", "valid", "test")
 MOTIF_LENGTH = 10
