@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -160,3 +161,19 @@ def test_summed_update_on_two_ranks_equals_one_rank(tmp_path):
     run(1, overrides(tmp_path / "alt", 3, 4))
     alt = _losses(tmp_path / "alt")
     assert alt[0][1] == one[0][1] and alt[0][2] != one[0][2]
+
+
+@pytest.mark.parametrize("name", ["enformer.yaml", "tiny.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    from enformer_train.train.config import load_config
+
+    path = Path(__file__).parents[1] / "configs" / name
+    config = load_config(str(path), ["data.stores.human=h", "data.stores.mouse=m"])
+    if name == "enformer.yaml":  # the paper's recipe
+        t = config.train
+        assert (t.learning_rate, t.warmup_steps, t.batch_size, t.steps, t.clip_grad_norm) == (5e-4, 5000, 64, 150_000, 0.2)
+        assert config.model.heads == {"human": 5313, "mouse": 1643} and config.data.max_shift == 3
+    else:
+        assert config.train.schedule == "cosine" and config.model.channels == 64
