@@ -46,6 +46,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}/summary.json and tracks-*.csv")
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import run_predict
+
+    print(f"wrote {run_predict(args)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enformer-train", description="Train Enformer in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, help="per rank; default the whole split")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predicted tracks for a region of a genome")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
+    p.add_argument("--fasta", required=True)
+    p.add_argument("--region", required=True, help="CHROM:START-END (0-based, end exclusive), e.g. chr1:1000000-1196608")
+    p.add_argument("--organism", help="head to predict (default: the model's first)")
+    p.add_argument("--tracks", help="track indices and/or description substrings, comma-separated")
+    p.add_argument("--targets", help="targets.txt for track descriptions (default: the training store's)")
+    p.add_argument("--out", required=True, help=".npz, or .bw for bigWig (needs pyBigWig)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("prepare", help="build the 196,608-bp training store from FASTA, BED and Basenji records")
     from .data.prepare import add_prepare_arguments
