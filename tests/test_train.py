@@ -169,7 +169,7 @@ def test_shipped_configs_load(name):
 
     from enformer_train.train.config import load_config
 
-    path = Path(__file__).parents[1] / "configs" / name
+    path = Path(__file__).parents[1] / "configs" / name  # the top-level link to the packaged configs
     config = load_config(str(path), ["data.stores.human=h", "data.stores.mouse=m"])
     if name == "enformer.yaml":  # the paper's recipe
         t = config.train

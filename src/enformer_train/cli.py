@@ -52,9 +52,28 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {run_predict(args)}")
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, steps=args.steps, nproc=args.nproc, device=args.device)
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from .plot_command import run_plot
+
+    print(f"wrote {run_plot(args)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enformer-train", description="Train Enformer in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="synthetic barnyard -> store -> tiny Enformer on 2 processes -> plots")
+    p.add_argument("--out", default="enformer-demo", help="work folder (default: ./enformer-demo)")
+    p.add_argument("--steps", type=int, help="training steps (default: configs/tiny.yaml's)")
+    p.add_argument("--nproc", type=int, default=2, help="training processes (torchrun; default 2)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("info", help="parameters, FLOPs and activation memory of a model config")
     p.add_argument("--config", help="YAML file with a `model:` section (default: the paper's model)")
@@ -92,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".npz, or .bw for bigWig (needs pyBigWig)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("plot", help="a PNG of a region's tracks: measured (from a store) and predicted")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
+    p.add_argument("--store", help="a prepared store: plot its sample --sample of --split, measured and predicted")
+    p.add_argument("--split", default="valid")
+    p.add_argument("--sample", type=int, default=0)
+    p.add_argument("--fasta", help="or a genome and --region: predicted tracks only")
+    p.add_argument("--region")
+    p.add_argument("--organism")
+    p.add_argument("--tracks", default="0,1,2,3", help="indices and/or description substrings")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("prepare", help="build the 196,608-bp training store from FASTA, BED and Basenji records")
     from .data.prepare import add_prepare_arguments

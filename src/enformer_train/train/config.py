@@ -39,12 +39,15 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     clip_grad_norm: float = 0.2  # global norm, after the gradient all-reduce; 0 disables
-    update: str = "alternate"  # 'alternate': an optimizer update per organism batch (official colab); 'sum'
+    # 'alternate': an optimizer update per organism batch (official colab); 'sum': one update on the
+    # summed losses of separate forwards; 'joint': one forward over all organisms' batches together
+    update: str = "alternate"
     precision: str = "auto"  # 'auto' (bf16 autocast on CUDA, float32 elsewhere), 'bf16', 'fp32'
     compile: bool = False
     device: str = "auto"  # 'auto', 'cpu', 'cuda'
     log_every: int = 10
     eval_every: int = 5_000
+    eval_at_start: bool = False  # also validate the untrained model (step 0), e.g. for a baseline
     eval_batches: int | None = None  # None: the whole validation split
     eval_batch_per_rank: int | None = None  # None: batch_per_rank
     checkpoint_every: int = 1_000
@@ -67,8 +70,8 @@ class Config:
         t = self.train
         if t.schedule not in ("constant", "cosine"):
             raise UserError(f"train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")
-        if t.update not in ("alternate", "sum"):
-            raise UserError(f"train.update must be 'alternate' or 'sum', got {t.update!r}")
+        if t.update not in ("alternate", "sum", "joint"):
+            raise UserError(f"train.update must be 'alternate', 'sum' or 'joint', got {t.update!r}")
         if t.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {t.precision!r}")
         if not self.data.stores:

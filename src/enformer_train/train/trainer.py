@@ -176,12 +176,39 @@ class Trainer:
             for organism in self.organisms:
                 out[f"loss/{organism}"] = self._backward(organism, batches[organism], last_in_update=True)
                 out[f"grad_norm/{organism}"] = self._update([organism])
-        else:
+        elif self.config.train.update == "sum":
             for k, organism in enumerate(self.organisms):
                 out[f"loss/{organism}"] = self._backward(organism, batches[organism],
                                                          last_in_update=k == len(self.organisms) - 1)
             out["grad_norm"] = self._update(self.organisms)
+        else:  # joint
+            out.update(self._backward_joint(batches))
+            out["grad_norm"] = self._update(self.organisms)
         return out
+
+    def _backward_joint(self, batches: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
+        """One trunk forward over all organisms' batches together (batch norm sees them all), each
+        head on its own organism's part; the loss is the sum of the organisms' mean losses."""
+        totals = {o: torch.zeros((), device=self.world.device) for o in self.organisms}
+        micro = len(batches[self.organisms[0]])
+        for i in range(micro):
+            parts = [to_device(batches[o][i], self.world.device) for o in self.organisms]
+            sizes = [p["sequence"].shape[0] for p in parts]
+            sync = i == micro - 1
+            no_sync = self.ddp.no_sync() if self.world.distributed and not sync else contextlib.nullcontext()
+            amp = torch.autocast(self.world.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+            with no_sync:
+                with amp:
+                    preds = self.forward(torch.cat([p["sequence"] for p in parts]))
+                loss = 0.0
+                offset = 0
+                for organism, part, size in zip(self.organisms, parts, sizes):
+                    organism_loss = poisson_loss(preds[organism][offset:offset + size], part["target"])
+                    totals[organism] += organism_loss.detach() / micro
+                    loss = loss + organism_loss
+                    offset += size
+                (loss / micro).backward()
+        return {f"loss/{o}": v for o, v in totals.items()}
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -218,6 +245,9 @@ class Trainer:
         pending: dict[str, list[torch.Tensor]] = {}
         last_eval: dict[str, float] = {}
         try:
+            if self.step == 0 and t.eval_at_start:
+                last_eval = self.validate()
+                self.log.log(0, last_eval)
             while self.step < t.steps:
                 batches = {o: [next(iterators[o]) for _ in range(self.accumulation)] for o in self.organisms}
                 out = self.train_step(batches)

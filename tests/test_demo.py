@@ -1,0 +1,34 @@
+"""The demo end to end (few steps), and `plot`."""
+import json
+
+from enformer_train.cli import main
+from enformer_train.demo import run_demo
+
+
+def test_demo_end_to_end_with_few_steps(tmp_path, capsys):
+    result = run_demo(str(tmp_path / "demo"), steps=80, nproc=2)
+    root = tmp_path / "demo"
+    run = root / "run"
+    for name in ("config.yaml", "metrics.jsonl", "model.safetensors"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-00000080.pt"
+    assert (root / "training.png").stat().st_size > 10_000
+    assert len(list(root.glob("tracks-*-valid*.png"))) == 6
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for organism in ("human", "mouse"):
+        r = [(m["step"], m[f"valid/{organism}/pearson_r"]) for m in metrics if f"valid/{organism}/pearson_r" in m]
+        assert r[0][0] == 0 and abs(r[0][1]) < 0.1  # untrained: near 0
+        assert r[-1][0] == 80 and r[-1][1] > r[0][1] + 0.05, r  # trained: it rose
+        assert result["pearson_r"][organism][-1] == r[-1][1]
+    out = capsys.readouterr().out
+    assert "mean validation Pearson R" in out and str(root) in out
+
+    # `plot`: a store sample, measured above predicted, and a genome region, predicted only
+    assert main(["plot", "--checkpoint", str(run), "--store", str(root / "stores" / "mouse"), "--sample", "2",
+                 "--organism", "mouse", "--tracks", "0,CAGE", "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+    assert main(["plot", "--checkpoint", str(run), "--fasta", str(root / "barnyard" / "human.fa"),
+                 "--region", "chr1:10000-12000", "--out", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "b.png").stat().st_size > 5_000
+    assert main(["plot", "--checkpoint", str(run), "--out", str(tmp_path / "c.png")]) == 1
+    assert "give --store" in capsys.readouterr().err
