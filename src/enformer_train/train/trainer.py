@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,8 +92,13 @@ class Trainer:
         if self.world.distributed:
             # Batch norm statistics are global already (cross-replica), so no buffer broadcast.
             # A step uses one head: the other head's parameters are unused.
-            self.ddp = DistributedDataParallel(model, device_ids=[self.world.device] if self.world.device.type == "cuda"
-                                               else None, broadcast_buffers=False, find_unused_parameters=True)
+            with warnings.catch_warnings():
+                # torch calls broadcast_buffers deprecated but says to keep it where buffers must not
+                # be synced at all, which is the case here.
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                self.ddp = DistributedDataParallel(
+                    model, device_ids=[self.world.device] if self.world.device.type == "cuda" else None,
+                    broadcast_buffers=False, find_unused_parameters=True)
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.autocast = (t.precision == "bf16") or (t.precision == "auto" and self.world.device.type == "cuda")
 
