@@ -12,8 +12,8 @@ def test_demo_end_to_end_with_few_steps(tmp_path, capsys):
     for name in ("config.yaml", "metrics.jsonl", "model.safetensors"):
         assert (run / name).exists(), name
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-00000080.pt"
-    assert (root / "training.png").stat().st_size > 10_000
-    assert len(list(root.glob("tracks-*-valid*.png"))) == 6
+    assert (run / "training.png").stat().st_size > 10_000
+    assert len(list(run.glob("tracks-*-valid*.png"))) == 6
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for organism in ("human", "mouse"):
         r = [(m["step"], m[f"valid/{organism}/pearson_r"]) for m in metrics if f"valid/{organism}/pearson_r" in m]

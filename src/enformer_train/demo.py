@@ -91,13 +91,14 @@ def run_demo(out: str = "enformer-demo", steps: int | None = None, nproc: int = 
     result = subprocess.run(command)
     if result.returncode != 0:
         raise UserError(f"training exited with {result.returncode}; its messages are above; the run folder is {run_dir}")
-    figures = [plot_training(run_dir, root / "training.png")]
-    figures += region_figures(run_dir, stores, root)
+    figures = [plot_training(run_dir, run_dir / "training.png")]
+    figures += region_figures(run_dir, stores, run_dir)
     metrics = read_metrics(run_dir)
     final = {o: [m[f"valid/{o}/pearson_r"] for m in metrics if f"valid/{o}/pearson_r" in m] for o in ORGANISMS}
     print(f"\ndone in {time.time() - started:.0f} s; everything is in {root}")
+    print(f"  data:        {barnyard} (synthetic barnyard), {root / 'stores'} (prepared stores)")
     print(f"  run folder:  {run_dir} (config.yaml, metrics.jsonl, checkpoints/, model.safetensors)")
-    print(f"  figures:     {', '.join(str(f.name) for f in figures)}")
+    print(f"  figures:     {', '.join(str(f) for f in figures)}")
     for organism, values in final.items():
         print(f"  {organism}: mean validation Pearson R {values[-1]:.3f} (untrained {values[0]:.3f})")
     return {"root": root, "run_dir": run_dir, "figures": figures, "pearson_r": final,

@@ -91,14 +91,14 @@ class Trainer:
         self.ddp = model
         if self.world.distributed:
             # Batch norm statistics are global already (cross-replica), so no buffer broadcast.
-            # A step uses one head: the other head's parameters are unused.
+            # A forward of one organism leaves the other head's parameters unused (not in 'joint').
             with warnings.catch_warnings():
                 # torch calls broadcast_buffers deprecated but says to keep it where buffers must not
                 # be synced at all, which is the case here.
                 warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
                 self.ddp = DistributedDataParallel(
                     model, device_ids=[self.world.device] if self.world.device.type == "cuda" else None,
-                    broadcast_buffers=False, find_unused_parameters=True)
+                    broadcast_buffers=False, find_unused_parameters=t.update != "joint")
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.autocast = (t.precision == "bf16") or (t.precision == "auto" and self.world.device.type == "cuda")
 
