@@ -140,13 +140,17 @@ class Trainer:
 
     # -- the step -------------------------------------------------------------------------------
 
+    def _contexts(self, sync: bool):
+        """(no gradient all-reduce unless `sync`, bf16 autocast when on) for one micro-batch."""
+        no_sync = self.ddp.no_sync() if self.world.distributed and not sync else contextlib.nullcontext()
+        amp = torch.autocast(self.world.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        return no_sync, amp
+
     def _backward(self, organism: str, batches: list[dict], last_in_update: bool) -> torch.Tensor:
         total = torch.zeros((), device=self.world.device)
         for i, batch in enumerate(batches):
             batch = to_device(batch, self.world.device)
-            sync = last_in_update and i == len(batches) - 1
-            no_sync = self.ddp.no_sync() if self.world.distributed and not sync else contextlib.nullcontext()
-            amp = torch.autocast(self.world.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+            no_sync, amp = self._contexts(sync=last_in_update and i == len(batches) - 1)
             with no_sync:
                 with amp:
                     pred = self.forward(batch["sequence"], head=organism)
@@ -200,9 +204,7 @@ class Trainer:
         for i in range(micro):
             parts = [to_device(batches[o][i], self.world.device) for o in self.organisms]
             sizes = [p["sequence"].shape[0] for p in parts]
-            sync = i == micro - 1
-            no_sync = self.ddp.no_sync() if self.world.distributed and not sync else contextlib.nullcontext()
-            amp = torch.autocast(self.world.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+            no_sync, amp = self._contexts(sync=i == micro - 1)
             with no_sync:
                 with amp:
                     preds = self.forward(torch.cat([p["sequence"] for p in parts]))
