@@ -167,7 +167,7 @@ def test_summed_update_on_two_ranks_equals_one_rank(tmp_path):
 def test_shipped_configs_load(name):
     from pathlib import Path
 
-    from enformer_train.train.config import load_config
+    from enformer_train.config import load_config
 
     path = Path(__file__).parents[1] / "configs" / name  # the top-level link to the packaged configs
     config = load_config(str(path), ["data.stores.human=h", "data.stores.mouse=m"])

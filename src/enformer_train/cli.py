@@ -8,9 +8,10 @@ from .errors import Stopped, UserError
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from .model.info import print_info
+    from .config import load_model_config
+    from .model.info import describe
 
-    print_info(args.config)
+    print(describe(load_model_config(args.config)))
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -26,7 +27,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .train.config import load_config
+    from .config import load_config
     from .train.trainer import train
 
     result = train(load_config(args.config, args.overrides), resume=args.resume)

@@ -39,7 +39,7 @@ def load_for_inference(path: str, device: torch.device) -> tuple[Enformer, dict[
 
         return load_model(path, device=device).eval(), {}
     from .train.checkpoint import load_checkpoint
-    from .train.config import config_from_dict
+    from .config import config_from_dict
 
     state = load_checkpoint(path, map_location=device)
     config = config_from_dict(state["config"], where=state["path"])

@@ -19,7 +19,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from ..errors import UserError
-from . import files
+from .. import files
 from .crc32c import masked_crc32c
 
 _READ_CHUNK = 1 << 20

@@ -27,7 +27,7 @@ import signal
 import numpy as np
 
 from ..errors import UserError
-from . import files
+from .. import files
 from .basenji import BasenjiRecords, Statistics, onehot_to_codes, split_files
 from .genome import Genome
 from .intervals import SPLITS, Region, by_split, read_bed
@@ -66,14 +66,6 @@ def run_prepare(args: argparse.Namespace) -> None:
     counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
     print(f"{args.out}: {manifest['organism']} store complete ({counts}; window {manifest['window']} bp, "
           f"targets {manifest['target_length']} x {manifest['num_targets']})")
-
-
-def _write_json(path: str, value: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def _window_start(region: Region, context: int, max_shift: int) -> int:
@@ -253,7 +245,7 @@ def prepare(out: str, organism: str, fasta: str, basenji: str, bed: str | None =
                 for region in rows[split]:
                     start = _window_start(region, context, max_shift)
                     f.write(f"{region.chrom}\t{start}\t{start + window}\t{region.line}\n")
-        _write_json(state_path, state)
+        files.write_json(state_path, state)
 
     tasks = []
     for split in splits:
@@ -295,7 +287,7 @@ def prepare(out: str, organism: str, fasta: str, basenji: str, bed: str | None =
             name = plan[split][result["file"]].rsplit("/", 1)[-1]
             state["done"][split][str(result["file"])] = sources["basenji"]["files"][name]
             state["mismatches"][split] = mismatches[split]
-            _write_json(state_path, state)
+            files.write_json(state_path, state)
             bar.update(result["count"])
     finally:
         bar.close()
@@ -309,7 +301,7 @@ def prepare(out: str, organism: str, fasta: str, basenji: str, bed: str | None =
     if has_targets:
         with open(os.path.join(out, "targets.txt"), "w") as f:
             f.write(files.read_text(targets_path))
-    _write_json(os.path.join(out, "statistics.json"), statistics.to_json())
+    files.write_json(os.path.join(out, "statistics.json"), statistics.to_json())
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "complete": True, "organism": organism,
         "context": context, "max_shift": max_shift, "window": window,
@@ -321,6 +313,6 @@ def prepare(out: str, organism: str, fasta: str, basenji: str, bed: str | None =
         "sources": sources, "fingerprint": fingerprint,
         "prepare": {"files_converted": len(tasks), "files_from_earlier_runs": resumed},
     }
-    _write_json(manifest_path, manifest)
+    files.write_json(manifest_path, manifest)
     os.remove(state_path)
     return manifest

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from . import files
+from .. import files
 
 
 def read_targets(path: str) -> list[dict[str, str]]:

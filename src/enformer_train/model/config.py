@@ -90,6 +90,4 @@ class EnformerConfig:
         if unknown:
             raise UserError(f"{source}: unknown model option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
-        from ..config_file import coerce
-
-        return cls(**coerce(cls, d, source))
+        return cls(**d)

@@ -52,20 +52,18 @@ def measure(config: EnformerConfig, batch: int = 1) -> dict[str, float]:
     }
 
 
-def print_info(config_path: str | None = None) -> None:
-    from ..config_file import load_model_config
-
-    config = load_model_config(config_path)
+def describe(config: EnformerConfig) -> str:
+    """A table of parameters per part, FLOPs per sample and activation memory of `config`."""
     with torch.device("meta"):
         model = Enformer(config)
     counts = parameter_counts(model)
     m = measure(config)
-    print(f"Enformer: channels {config.channels}, {config.num_transformer_layers} transformer layers, "
-          f"{config.num_heads} heads, input {config.sequence_length:,} bp -> {config.target_length} bins "
-          f"of {config.bin_size} bp")
-    print(f"{'part':<22}{'parameters':>16}")
-    for name, n in counts.items():
-        print(f"{name:<22}{n:>16,}")
-    print(f"{'forward FLOPs/sample':<22}{m['forward_flops'] / 1e12:>15.3f}T")
-    print(f"{'training FLOPs/sample':<22}{m['training_flops'] / 1e12:>15.3f}T")
-    print(f"{'activations/sample':<22}{m['activation_bytes'] / 2**30:>14.2f}GiB  (float32, saved for backward)")
+    lines = [f"Enformer: channels {config.channels}, {config.num_transformer_layers} transformer layers, "
+             f"{config.num_heads} heads, input {config.sequence_length:,} bp -> {config.target_length} bins "
+             f"of {config.bin_size} bp",
+             f"{'part':<22}{'parameters':>16}"]
+    lines += [f"{name:<22}{n:>16,}" for name, n in counts.items()]
+    lines += [f"{'forward FLOPs/sample':<22}{m['forward_flops'] / 1e12:>15.3f}T",
+              f"{'training FLOPs/sample':<22}{m['training_flops'] / 1e12:>15.3f}T",
+              f"{'activations/sample':<22}{m['activation_bytes'] / 2**30:>14.2f}GiB  (float32, saved for backward)"]
+    return "\n".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..files import atomic_write
 from .config import EnformerConfig
 from .enformer import Enformer
 
@@ -27,20 +27,6 @@ _FORMAT = "enformer-train-weights/1"
 # An imported moving average with no step counter is treated as long converged, so that further
 # training continues it as a plain exponential average (the debiasing factor is then 1).
 _CONVERGED_COUNTER = 1_000_000
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(model: Enformer, path: str | os.PathLike) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..model.weights import atomic_write
+from ..files import atomic_write
 
 FORMAT = "enformer-train-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8})\.pt$")

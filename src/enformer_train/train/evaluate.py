@@ -87,7 +87,7 @@ def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, b
     Under torchrun the split is shared across ranks; rank 0 writes the files."""
     from ..model import Enformer
     from .checkpoint import load_checkpoint
-    from .config import config_from_dict
+    from ..config import config_from_dict
     from .distributed import setup, teardown
 
     world = setup(device)

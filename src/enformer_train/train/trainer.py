@@ -26,7 +26,7 @@ from ..model import Enformer
 from ..model.info import measure
 from ..model.weights import save_model
 from . import checkpoint as ckpt
-from .config import Config
+from ..config import Config
 from .distributed import World, all_gather_objects, all_reduce_, barrier, setup, teardown
 from .evaluate import cage_tracks, evaluate_store
 from .logging import MetricsLog

@@ -1,17 +1,22 @@
-"""The run's configuration: model, data and training, one dataclass each; the defaults are the
-paper's recipe, YAML files and `section.key=value` overrides change them."""
+"""The run's configuration: model, data and training, one dataclass each. The defaults are the
+paper's recipe; YAML files and `section.key=value` overrides change them.
+
+This is the one place that reads config files: model/ keeps only its dataclass (EnformerConfig)
+and imports nothing from here.
+"""
 from __future__ import annotations
 
-import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config_file import coerce, read_yaml
-from ..errors import UserError
-from ..model.config import EnformerConfig
+from .errors import UserError
+from .model.config import EnformerConfig
+
+SECTIONS = ("model", "data", "train")
 
 
 @dataclass
@@ -84,27 +89,65 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+# -- reading ------------------------------------------------------------------------------------
+
+
+def coerce(cls, values: dict, where: str) -> dict:
+    """Values of a YAML mapping converted to the dataclass's field types where YAML is loose
+    (YAML reads 1e-3 as a string, 5 where a float is meant as an int)."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        hint = hints.get(key)
+        if value is None or hint is None:
+            continue
+        base = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+        try:
+            if float in base and isinstance(value, (str, int)) and not isinstance(value, bool):
+                out[key] = float(value)
+            elif int in base and isinstance(value, str):
+                out[key] = int(value)
+        except ValueError:
+            raise UserError(f"{where}: {key} must be a number, got {value!r}") from None
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections (model:, data:, train:), got {type(data).__name__}")
+    return data
+
+
 def _build(cls, values: dict, where: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        what = "model option(s)" if cls is EnformerConfig else "option(s)"
+        raise UserError(f"{where}: unknown {what} {', '.join(unknown)}; known: {', '.join(known)}")
     if cls is TrainConfig and "adam_betas" in values:
         values = {**values, "adam_betas": tuple(values["adam_betas"])}
     return cls(**coerce(cls, values, where))
 
 
 def config_from_dict(d: dict, where: str = "config") -> Config:
-    unknown = sorted(set(d) - {"model", "data", "train"})
+    unknown = sorted(set(d) - set(SECTIONS))
     if unknown:
         raise UserError(f"{where}: unknown section(s) {', '.join(unknown)}; sections are model, data, train")
-    for name in ("model", "data", "train"):
+    for name in SECTIONS:
         if d.get(name) is not None and not isinstance(d[name], dict):
             raise UserError(f"{where}: section {name} must be a mapping")
-    config = Config(model=EnformerConfig.from_dict(d.get("model") or {}, source=f"{where} (model)"),
-                    data=_build(DataConfig, d.get("data") or {}, f"{where} (data)"),
-                    train=_build(TrainConfig, d.get("train") or {}, f"{where} (train)"))
-    return config
+    return Config(model=_build(EnformerConfig, d.get("model") or {}, f"{where} (model)"),
+                  data=_build(DataConfig, d.get("data") or {}, f"{where} (data)"),
+                  train=_build(TrainConfig, d.get("train") or {}, f"{where} (train)"))
 
 
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
@@ -127,6 +170,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """The run config: defaults, then the YAML file at `path`, then `section.key=value` overrides."""
     d = read_yaml(path) if path else {}
     d = apply_overrides(d, list(overrides))
     config = config_from_dict(d, where=path or "overrides")
@@ -134,5 +178,11 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     return config
 
 
-def replace(config: Config, **sections) -> Config:
-    return dataclasses.replace(config, **sections)
+def load_model_config(path: str | None) -> EnformerConfig:
+    """The `model:` section of a config file as an EnformerConfig (the paper's model when path is None)."""
+    if path is None:
+        return EnformerConfig()
+    section = read_yaml(path).get("model") or {}
+    if not isinstance(section, dict):
+        raise UserError(f"{path}: `model:` must be a mapping of options")
+    return _build(EnformerConfig, section, f"{path} (model)")

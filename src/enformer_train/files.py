@@ -1,14 +1,22 @@
-"""Local paths and URLs (gs://, s3://, https://, ...) behind the same four calls.
+"""Files: local paths and URLs behind the same few calls, and writes that are whole or absent.
 
-URLs go through fsspec, imported only when a URL is used, so local data needs no extra package.
+Reading: local paths and URLs (gs://, s3://, https://, ...) alike; URLs go through fsspec, imported
+only when a URL is used, so local data needs no extra package.
+
+Writing: `atomic_write` and `write_json` write a temporary file beside the target and rename it
+into place, so a reader sees the old file or the new one, never half of one. Checkpoints, weights
+and stores all write through here.
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
-from typing import IO
+import tempfile
+from pathlib import Path
+from typing import IO, Callable
 
-from ..errors import UserError
+from .errors import UserError
 
 
 def is_url(path: str) -> bool:
@@ -86,3 +94,28 @@ def size(path: str) -> int:
         fs, inner = _fs(path)
         return int(fs.size(inner))
     return os.path.getsize(path)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, value) -> None:
+    """`value` as indented JSON at `path`, flushed to disk, replacing the file atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
