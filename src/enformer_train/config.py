@@ -61,6 +61,10 @@ class TrainConfig:
     tensorboard: bool = True  # when the tensorboard package is installed
     wandb_project: str | None = None
 
+    def bf16_autocast(self, device_type: str) -> bool:
+        """Whether forward passes run under bf16 autocast on this device type ('cpu', 'cuda')."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
 
 @dataclass
 class Config:

@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import UserError
 
@@ -37,10 +36,10 @@ def region_figures(run_dir: Path, stores: dict[str, Path], out_dir: Path, sample
     """For the first validation regions of each organism: measured above predicted tracks."""
     from .data.store import Store
     from .data.targets import read_targets
-    from .model.weights import load_model
+    from .infer import load, predict_codes
     from .plots import plot_tracks
 
-    model = load_model(run_dir / "model.safetensors").eval()
+    model = load(run_dir / "model.safetensors").model
     written = []
     for organism, path in stores.items():
         store = Store(str(path), "valid")
@@ -48,8 +47,7 @@ def region_figures(run_dir: Path, stores: dict[str, Path], out_dir: Path, sample
         margin = (store.window - model.config.sequence_length) // 2
         for i in range(min(samples, len(store))):
             codes = store.read_sequence(i)[margin:store.window - margin]
-            with torch.no_grad():
-                predicted = model(torch.from_numpy(codes)[None], head=organism)[0].numpy()
+            predicted = predict_codes(model, codes[None], organism)[0].numpy()
             measured = store.read_target(i).astype(np.float32)
             chrom, start, end, _ = store.regions()[i]
             span = model.config.target_length * model.config.bin_size

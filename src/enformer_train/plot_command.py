@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
 from .errors import UserError
 
@@ -12,9 +11,11 @@ from .errors import UserError
 def run_plot(args) -> str:
     from .data.targets import read_targets
     from .plots import plot_tracks
-    from .predict import load_for_inference, predict_region, select_tracks
+    from .infer import load, predict_codes, predict_region
+    from .predict import select_tracks
 
-    model, stores = load_for_inference(args.checkpoint, torch.device("cpu"))
+    loaded = load(args.checkpoint)
+    model, stores = loaded.model, loaded.stores
     organism = args.organism or next(iter(model.heads))
     if organism not in model.heads:
         raise UserError(f"--organism {organism!r}: the model's heads are {', '.join(model.heads)}")
@@ -30,8 +31,7 @@ def run_plot(args) -> str:
             raise UserError(f"{args.store}: windows of {store.window} bp are shorter than the model's input "
                             f"({model.config.sequence_length} bp)")
         codes = store.read_sequence(args.sample)[margin:store.window - margin]
-        with torch.no_grad():
-            predicted = model(torch.from_numpy(codes)[None], head=organism)[0].numpy()
+        predicted = predict_codes(model, codes[None], organism)[0].numpy()
         measured = store.read_target(args.sample).astype(np.float32)
         chrom, start, _, _ = store.regions()[args.sample]
         start += margin + (model.config.sequence_length - model.config.target_length * bin_size) // 2

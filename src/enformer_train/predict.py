@@ -5,7 +5,6 @@ longer than one output span (target_length x bin_size bp) is tiled with adjacent
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 
@@ -15,7 +14,7 @@ import torch
 from .data.genome import Genome
 from .data.targets import read_targets
 from .errors import UserError
-from .model import Enformer
+from .infer import load, predict_region
 
 _REGION = re.compile(r"^([^:\s]+):([\d,]+)-([\d,]+)$")
 
@@ -29,47 +28,6 @@ def parse_region(text: str) -> tuple[str, int, int]:
     if start >= end:
         raise UserError(f"region {text!r}: start must be below end")
     return chrom, start, end
-
-
-def load_for_inference(path: str, device: torch.device) -> tuple[Enformer, dict[str, str]]:
-    """A model from a .safetensors weights file, or a training checkpoint / run folder (whose config
-    also names the stores, and so targets.txt). Returns (model in eval mode, {organism: store})."""
-    if str(path).endswith(".safetensors"):
-        from .model.weights import load_model
-
-        return load_model(path, device=device).eval(), {}
-    from .train.checkpoint import load_checkpoint
-    from .config import config_from_dict
-
-    state = load_checkpoint(path, map_location=device)
-    config = config_from_dict(state["config"], where=state["path"])
-    model = Enformer(config.model).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), dict(config.data.stores)
-
-
-def windows(model: Enformer, start: int, end: int) -> tuple[list[int], int]:
-    """Input window starts covering [start, end) centred, and where the predicted span starts."""
-    c = model.config
-    span_bp = c.target_length * c.bin_size
-    n = max(1, math.ceil((end - start) / span_bp))
-    span_start = (start + end) // 2 - n * span_bp // 2
-    flank = (c.sequence_length - span_bp) // 2
-    return [span_start + k * span_bp - flank for k in range(n)], span_start
-
-
-@torch.no_grad()
-def predict_region(model: Enformer, genome: Genome, chrom: str, start: int, end: int, head: str,
-                   batch_size: int = 2) -> tuple[np.ndarray, int]:
-    """[bins, tracks] float32 predictions over the span centred on the region, and the span's start."""
-    starts, span_start = windows(model, start, end)
-    device = next(model.parameters()).device
-    length = model.config.sequence_length
-    out = []
-    for i in range(0, len(starts), batch_size):
-        codes = np.stack([genome.fetch(chrom, s, s + length) for s in starts[i:i + batch_size]])
-        out.append(model(torch.from_numpy(codes).to(device), head=head).float().cpu())
-    return torch.cat(out).flatten(0, 1).numpy(), span_start
 
 
 def select_tracks(spec: str | None, num_tracks: int, targets: list[dict] | None) -> list[int]:
@@ -106,7 +64,8 @@ def write_bigwig(path: str, chrom: str, chrom_length: int, span_start: int, bin_
 
 def run_predict(args) -> str:
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    model, stores = load_for_inference(args.checkpoint, device)
+    loaded = load(args.checkpoint, device)
+    model, stores = loaded.model, loaded.stores
     head = args.organism or next(iter(model.heads))
     if head not in model.heads:
         raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.augment import Fixed
 from ..data.loader import Loader, to_device
 from ..data.store import Store
 from ..data.targets import read_targets
+from ..errors import UserError
+from ..infer import load, to_forward_strand, tta_views
 from .metrics import TrackStats
 
 
@@ -25,13 +26,6 @@ def cage_tracks(store: Store) -> list[int]:
     return [i for i, row in enumerate(read_targets(path)) if row.get("description", "").upper().startswith("CAGE")]
 
 
-def _variants(tta: bool, max_shift: int) -> list[Fixed]:
-    if not tta:
-        return [Fixed(0, False)]
-    shifts = [0] + ([-1, 1] if max_shift >= 1 else [])
-    return [Fixed(s, rc) for s in shifts for rc in (False, True)]
-
-
 @torch.no_grad()
 def evaluate_store(model, store: Store, organism: str, world, batch_size: int, *, max_batches: int | None = None,
                    tta: bool = False, num_workers: int = 0, seed: int = 0, autocast: bool = False,
@@ -40,9 +34,9 @@ def evaluate_store(model, store: Store, organism: str, world, batch_size: int, *
     over (shift -1, 0, 1) x (forward, reverse complement), each mapped back to the forward strand."""
     was_training = model.training
     model.eval()
-    variants = _variants(tta, store.max_shift)
+    views = tta_views(tta, store.max_shift)
     loaders = [Loader(store, batch_size, train=False, seed=seed, rank=world.rank, world_size=world.world_size,
-                      num_workers=num_workers, augment=v, context=context) for v in variants]
+                      num_workers=num_workers, augment=v, context=context) for v in views]
     pair = torch.as_tensor(store.strand_pair, device=world.device)
     stats = TrackStats(store.num_targets, world.device)
     amp = torch.autocast(world.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
@@ -50,15 +44,14 @@ def evaluate_store(model, store: Store, organism: str, world, batch_size: int, *
         if max_batches is not None and i >= max_batches:
             break
         total = None
-        for variant, batch in zip(variants, batches):
+        for view, batch in zip(views, batches):
             batch = to_device(batch, world.device)
             with amp:
                 pred = model(batch["sequence"], head=organism).float()
-            if variant.reverse:  # back to the forward strand: positions reversed, strand pairs swapped
-                pred = pred.flip(1)[..., pair]
+            pred = to_forward_strand(pred, view.reverse, pair)
             total = pred if total is None else total + pred
         target = to_device(batches[0], world.device)["target"]
-        stats.update(total / len(variants), target)
+        stats.update(total / len(views), target)
     model.train(was_training)
     return stats.all_reduce()
 
@@ -85,18 +78,15 @@ def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, b
                  max_batches: int | None = None, device: str = "auto") -> dict | None:
     """`enformer-train evaluate`: a checkpoint (or run folder) on a split of every organism it was trained on.
     Under torchrun the split is shared across ranks; rank 0 writes the files."""
-    from ..model import Enformer
-    from .checkpoint import load_checkpoint
-    from ..config import config_from_dict
     from .distributed import setup, teardown
 
     world = setup(device)
     try:
-        state = load_checkpoint(checkpoint, map_location=world.device)
-        config = config_from_dict(state["config"], where=state["path"])
-        model = Enformer(config.model).to(world.device)
-        model.load_state_dict(state["model"])
-        autocast = config.train.precision == "bf16" or (config.train.precision == "auto" and world.device.type == "cuda")
+        loaded = load(checkpoint, world.device)
+        if loaded.config is None:
+            raise UserError(f"{checkpoint}: a weights file names no stores; evaluate a training checkpoint or run folder")
+        model, config = loaded.model, loaded.config
+        autocast = config.train.bf16_autocast(world.device.type)
         results = {}
         for organism, path in config.data.stores.items():
             store = Store(path, split)
@@ -107,7 +97,7 @@ def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, b
                                    autocast=autocast, context=config.model.sequence_length)
             results[organism] = (stats, cage_tracks(store))
         if world.is_main:
-            return write_results(out_dir, results, {"checkpoint": state["path"], "step": state["step"], "split": split,
+            return write_results(out_dir, results, {"checkpoint": loaded.path, "step": loaded.step, "split": split,
                                                     "tta": tta, "ranks": world.world_size})
         return None
     finally:

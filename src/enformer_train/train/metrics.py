@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 
 from .distributed import all_reduce_
-
-
-def poisson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean(pred - target * log(pred)), in float32."""
-    pred, target = pred.float(), target.float()
-    return (pred - target * torch.log(pred)).mean()
+from .loss import poisson_terms
 
 
 class TrackStats:
@@ -24,7 +19,7 @@ class TrackStats:
         x, y = pred.double().flatten(0, 1), target.double().flatten(0, 1)
         self.sums += torch.stack([
             torch.full_like(x[0], x.shape[0]), x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0),
-            (x - y * torch.log(x)).sum(0)])
+            poisson_terms(x, y).sum(0)])
 
     def all_reduce(self) -> "TrackStats":
         all_reduce_(self.sums)

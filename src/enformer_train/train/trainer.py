@@ -30,7 +30,7 @@ from ..config import Config
 from .distributed import World, all_gather_objects, all_reduce_, barrier, setup, teardown
 from .evaluate import cage_tracks, evaluate_store
 from .logging import MetricsLog
-from .metrics import poisson_loss
+from .loss import poisson_loss
 from .optim import learning_rate, make_optimizer
 
 # bf16 dense peak FLOP/s per device, for model FLOP utilisation; unknown devices log none.
@@ -43,6 +43,16 @@ class NonFiniteError(UserError):
 
 
 class Trainer:
+    """One run of training, on this rank: the model (DDP-wrapped when distributed), the optimizer,
+    one training loader per organism, the validation stores, the step counter and the logs.
+
+    `fit()` runs steps until `train.steps`; each step is `train_step()` on one batch (times the
+    accumulation steps) per organism, then, on their schedules, a log record, a validation, a
+    checkpoint. `save()` / `_restore()` are the checkpoint's two sides: together they make a
+    resumed run continue exactly as the uninterrupted one would. With `resume` (or when torchrun
+    restarts the workers) the run folder's latest checkpoint is loaded.
+    """
+
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
         t = config.train
@@ -52,7 +62,9 @@ class Trainer:
         self.organisms = organisms
 
         self.flops_per_sample = measure(config.model)["training_flops"]
-        # The model is initialised alike on every rank; dropout then differs per rank.
+        # The model is initialised from `seed` alike on every rank (so no weight broadcast is
+        # needed); afterwards each rank reseeds to its own stream so that dropout masks differ per
+        # rank, as on separate TPU cores (the +1 keeps rank 0's stream apart from the init's).
         torch.manual_seed(t.seed)
         model = Enformer(config.model).to(self.world.device)
         torch.manual_seed(t.seed + 1000 * self.world.rank + 1)
@@ -100,7 +112,7 @@ class Trainer:
                     model, device_ids=[self.world.device] if self.world.device.type == "cuda" else None,
                     broadcast_buffers=False, find_unused_parameters=t.update != "joint")
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
-        self.autocast = (t.precision == "bf16") or (t.precision == "auto" and self.world.device.type == "cuda")
+        self.autocast = t.bf16_autocast(self.world.device.type)
 
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +189,13 @@ class Trainer:
         return norm.detach()
 
     def train_step(self, batches: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
+        """One step on {organism: [micro-batch, ...]} (one micro-batch per accumulation step).
+
+        Returns scalar tensors: 'loss/<organism>' (the organism's mean Poisson loss this step), and
+        the global gradient norm before clipping: 'grad_norm/<organism>' per update with
+        update='alternate', or one 'grad_norm' with 'sum' and 'joint'. A non-finite norm skips the
+        update and is counted in self._skipped_in_step.
+        """
         self._skipped_in_step = 0
         lr = learning_rate(self.step, self.config.train)
         for group in self.optimizer.param_groups:
@@ -249,7 +268,7 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True)
-        window = {"time": time.perf_counter(), "steps": 0}
+        timing = {"time": time.perf_counter(), "steps": 0}  # since the last log record
         pending: dict[str, list[torch.Tensor]] = {}
         last_eval: dict[str, float] = {}
         try:
@@ -260,7 +279,7 @@ class Trainer:
                 batches = {o: [next(iterators[o]) for _ in range(self.accumulation)] for o in self.organisms}
                 out = self.train_step(batches)
                 self.step += 1
-                window["steps"] += 1
+                timing["steps"] += 1
                 self.nonfinite_run = self.nonfinite_run + 1 if self._skipped_in_step else 0
                 for key, value in out.items():
                     pending.setdefault(key, []).append(value)
@@ -270,7 +289,7 @@ class Trainer:
                                          f"(step {self.step}); saved {path}. Check the data for NaN/inf targets, or "
                                          "lower train.learning_rate")
                 if self.step % t.log_every == 0 or self.step == t.steps:
-                    record = self._log_record(pending, window, bar)
+                    record = self._log_record(pending, timing, bar)
                     pending = {}
                     self.log.log(self.step, record)
                 if self.step % t.eval_every == 0 or self.step == t.steps:
@@ -296,7 +315,7 @@ class Trainer:
                 signal.signal(s, handler)
             self.log.close()
 
-    def _log_record(self, pending: dict, window: dict, bar) -> dict:
+    def _log_record(self, pending: dict, timing: dict, bar) -> dict:
         values = {}
         for key, items in pending.items():
             stacked = torch.stack(items).float()
@@ -308,8 +327,8 @@ class Trainer:
                 values[key] = (both[0] / both[1]).item() if both[1] > 0 else float("nan")
             else:
                 values[key] = stacked[-1].item()
-        elapsed = time.perf_counter() - window["time"]
-        samples = window["steps"] * self.config.train.batch_size * len(self.organisms)
+        elapsed = time.perf_counter() - timing["time"]
+        samples = timing["steps"] * self.config.train.batch_size * len(self.organisms)
         values["lr"] = learning_rate(self.step - 1, self.config.train)
         values["samples_per_s"] = samples / elapsed
         values["tflops_per_s"] = samples * self.flops_per_sample / elapsed / 1e12
@@ -317,7 +336,7 @@ class Trainer:
         if peak:
             values["mfu"] = samples * self.flops_per_sample / elapsed / (peak * self.world.world_size)
         values["nonfinite_skipped"] = self.nonfinite_total
-        window["time"], window["steps"] = time.perf_counter(), 0
+        timing["time"], timing["steps"] = time.perf_counter(), 0
         if bar is not None:
             bar.update(self.step - bar.n)
             bar.set_postfix({k.split("/")[-1] if k.startswith("loss/") else k: f"{v:.4g}" for k, v in values.items()

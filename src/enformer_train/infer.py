@@ -1,0 +1,149 @@
+"""Inference, one path for every command: a model from any saved form, the input windows around
+genomic positions, and predictions averaged over strands and shifts.
+
+`predict`, `evaluate`, `plot`, the demo and variant scoring all go through here, so a window is
+placed, padded and mapped back to the forward strand the same way everywhere.
+
+Windows: a model of input length L predicts target_length bins of bin_size bp in the middle of its
+input; the `flank` = (L - target_length x bin_size) / 2 bp on each side are context only. Positions
+off a chromosome read as N (code 4).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, config_from_dict
+from .data.augment import COMPLEMENT, Fixed
+from .errors import UserError
+from .model import Enformer
+from .model.weights import load_model
+
+
+@dataclass
+class Loaded:
+    """A model ready for inference and what its file says about how it was trained."""
+
+    model: Enformer  # in evaluation mode
+    path: str  # the file actually read (a run folder's latest checkpoint)
+    config: Config | None = None  # the run's config (checkpoints only)
+    step: int | None = None  # the training step (checkpoints only)
+
+    @property
+    def stores(self) -> dict[str, str]:
+        """{head: store folder} the model was trained on (empty for a plain weights file)."""
+        return dict(self.config.data.stores) if self.config else {}
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
+    """A model from a .safetensors weights file, a training checkpoint, or a run folder (its latest
+    checkpoint). Raises UserError naming the file when it is none of these."""
+    from .train.checkpoint import load_checkpoint
+
+    device = torch.device(device)
+    if str(path).endswith(".safetensors"):
+        return Loaded(load_model(path, device=device).eval(), str(path))
+    state = load_checkpoint(path, map_location=device)
+    config = config_from_dict(state["config"], where=state["path"])
+    model = Enformer(config.model).to(device)
+    model.load_state_dict(state["model"])
+    return Loaded(model.eval(), state["path"], config, state["step"])
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+
+def output_span(model: Enformer) -> int:
+    """bp covered by the model's output bins."""
+    return model.config.target_length * model.config.bin_size
+
+
+def flank(model: Enformer) -> int:
+    """bp of input on each side of the output span."""
+    return (model.config.sequence_length - output_span(model)) // 2
+
+
+def tile(model: Enformer, start: int, end: int) -> tuple[list[int], int]:
+    """Input window starts whose output spans cover [start, end), centred on it, and the start of
+    the first output span. A region longer than one span gets adjacent windows."""
+    span = output_span(model)
+    n = max(1, math.ceil((end - start) / span))
+    span_start = (start + end) // 2 - n * span // 2
+    return [span_start + k * span - flank(model) for k in range(n)], span_start
+
+
+def fetch_windows(genome, chrom: str, starts: list[int], length: int) -> np.ndarray:
+    """[len(starts), length] uint8 codes of chrom from each start (N off the chromosome's ends)."""
+    return np.stack([genome.fetch(chrom, s, s + length) for s in starts])
+
+
+# -- strands and shifts -------------------------------------------------------------------------
+
+
+def tta_views(tta: bool, max_shift: int = 1) -> list[Fixed]:
+    """The views a prediction averages over: the forward strand alone, or with `tta` the forward
+    and reverse-complement strands at shifts 0, -1 and +1 (where the margin allows a shift)."""
+    if not tta:
+        return [Fixed(0, False)]
+    shifts = [0] + ([-1, 1] if max_shift >= 1 else [])
+    return [Fixed(s, rc) for s in shifts for rc in (False, True)]
+
+
+def to_forward_strand(pred: torch.Tensor, reverse: bool, strand_pair: torch.Tensor | None) -> torch.Tensor:
+    """[batch, positions, tracks] predictions of a view back on the forward strand: a reverse
+    complement's positions are reversed and its stranded tracks swapped with their partners."""
+    if not reverse:
+        return pred
+    pred = pred.flip(1)
+    return pred if strand_pair is None else pred[..., strand_pair]
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_codes(model: Enformer, codes: np.ndarray | torch.Tensor, head: str, views: list[Fixed] | None = None,
+                  strand_pair: torch.Tensor | None = None, autocast: bool = False) -> torch.Tensor:
+    """Predictions [batch, target_length, tracks] (float32, on the model's device) for windows of
+    codes [batch, sequence_length + 2 m], m >= the largest shift of `views`, each window centred on
+    the model's input: the mean over the views, each mapped back to the forward strand."""
+    views = views or [Fixed(0, False)]
+    device = next(model.parameters()).device
+    codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+    length = model.config.sequence_length
+    margin = codes.shape[-1] - length
+    if margin < 0 or margin % 2 or margin // 2 < max(v.max_shift for v in views):
+        raise ValueError(f"windows of {codes.shape[-1]} bp cannot give centred {length}-bp inputs with "
+                         f"shifts of up to {max(v.max_shift for v in views)}")
+    complement = torch.as_tensor(COMPLEMENT)
+    total = None
+    for view in views:
+        offset = margin // 2 + view.shift
+        x = codes[..., offset:offset + length]
+        if view.reverse:
+            x = complement[x.flip(-1).long()]
+        with _autocast(device, autocast):
+            pred = model(x.to(device), head=head).float()
+        pred = to_forward_strand(pred, view.reverse, strand_pair)
+        total = pred if total is None else total + pred
+    return total / len(views)
+
+
+def predict_region(model: Enformer, genome, chrom: str, start: int, end: int, head: str,
+                   batch_size: int = 2) -> tuple[np.ndarray, int]:
+    """[bins, tracks] float32 predictions over the output spans centred on chrom:start-end, and the
+    first span's start (the region is tiled with adjacent windows when longer than one span)."""
+    if chrom not in genome:
+        raise UserError(f"{genome.path}: no sequence named {chrom!r}")
+    starts, span_start = tile(model, start, end)
+    out = []
+    for i in range(0, len(starts), batch_size):
+        codes = fetch_windows(genome, chrom, starts[i:i + batch_size], model.config.sequence_length)
+        out.append(predict_codes(model, codes, head).cpu())
+    return torch.cat(out).flatten(0, 1).numpy(), span_start
