@@ -42,7 +42,7 @@ def _child(which: str, args) -> dict:
         model.load_state_dict(state)
         inputs = torch.eye(5, 4)[x.long()]
     else:
-        from enformer_train.model.weights import from_enformer_pytorch
+        from enformer_train.model.convert import from_enformer_pytorch
 
         model = from_enformer_pytorch(state)
         inputs = x

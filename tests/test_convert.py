@@ -9,7 +9,7 @@ import torch
 from enformer_train import load_model
 from enformer_train.cli import main
 from enformer_train.errors import UserError
-from enformer_train.model.weights import from_enformer_pytorch, from_sonnet
+from enformer_train.model.convert import from_enformer_pytorch, from_sonnet
 from model_helpers import randomise_
 
 enformer_pytorch = pytest.importorskip("enformer_pytorch")
@@ -201,3 +201,34 @@ def test_sonnet_checkpoint_imports_through_tensorflow_reader(tmp_path):
     variables.pop("_trunk/_layers/2/_layers/1/_layers/0/_module/_layers/1/_r_r_bias")
     with pytest.raises(UserError, match="_r_r_bias"):
         from_sonnet({k: torch.as_tensor(v) for k, v in variables.items()})
+
+
+def test_cli_convert_refuses_an_existing_output_unless_forced(tmp_path, capsys):
+    torch.save(_small_state(), tmp_path / "ok.pt")
+    (tmp_path / "mine.safetensors").write_bytes(b"my only copy")
+    assert main(["convert", str(tmp_path / "ok.pt"), str(tmp_path / "mine.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mine.safetensors: exists; pass --force" in err
+    assert (tmp_path / "mine.safetensors").read_bytes() == b"my only copy"
+    assert main(["convert", str(tmp_path / "ok.pt"), str(tmp_path / "mine.safetensors"), "--force"]) == 0
+    load_model(tmp_path / "mine.safetensors")
+
+
+def test_cli_convert_says_what_it_wrote_and_takes_target_length_from_the_source(tmp_path, capsys):
+    folder = tmp_path / "enformer-official-rough"
+    folder.mkdir()
+    torch.save(_small_state(), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text('{"dim": 48, "target_length": 200}')
+    assert main(["convert", str(folder), str(tmp_path / "a.safetensors")]) == 0
+    out = capsys.readouterr().out
+    model = load_model(tmp_path / "a.safetensors")
+    params = sum(p.numel() for p in model.parameters())
+    assert model.config.target_length == 200
+    assert f"wrote {tmp_path / 'a.safetensors'}: {params:,} parameters; channels 48" in out
+    assert f"-> 200 bins of 128 bp (target_length from {folder / 'config.json'})" in out
+    torch.save(_small_state(), tmp_path / "sd.pt")
+    assert main(["convert", str(tmp_path / "sd.pt"), str(tmp_path / "b.safetensors")]) == 0
+    assert "target_length the paper's 896: the source does not record it; give --target-length" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "sd.pt"), str(tmp_path / "c.safetensors"), "--target-length", "100"]) == 0
+    assert load_model(tmp_path / "c.safetensors").config.target_length == 100
+    assert "(target_length from --target-length)" in capsys.readouterr().out

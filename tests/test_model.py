@@ -6,7 +6,8 @@ import torch
 
 from enformer_train import Enformer, EnformerConfig, load_model, save_model
 from enformer_train.errors import UserError
-from enformer_train.model.attention import _AddRelativeLogits, positional_features
+from enformer_train.model.attention import positional_features
+from enformer_train.model.ops import AddRelativeLogits
 from model_helpers import no_dropout, randomise_, tiny_config
 
 
@@ -67,12 +68,12 @@ def test_relative_shift_matches_reference_and_its_gradient():
     t = 7
     rel = torch.randn(2, 3, t, 2 * t - 1, dtype=torch.float64, requires_grad=True)
     content = torch.randn(2, 3, t, t, dtype=torch.float64, requires_grad=True)
-    ours = _AddRelativeLogits.apply(content, rel)
+    ours = AddRelativeLogits.apply(content, rel)
     ref = content + _tf_relative_shift(rel)
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)
     # query i, key j sees relative feature index j - i + t - 1, i.e. distance j - i
     assert ours[0, 0, 2, 5] == content[0, 0, 2, 5] + rel[0, 0, 2, 5 - 2 + t - 1]
-    torch.autograd.gradcheck(_AddRelativeLogits.apply, (content, rel))
+    torch.autograd.gradcheck(AddRelativeLogits.apply, (content, rel))
 
 
 def test_codes_and_one_hot_give_the_same_output_and_n_is_zero():
@@ -175,35 +176,33 @@ def test_config_errors_name_the_option():
 def test_fused_functions_have_exact_gradients():
     """The hand-written backward passes (batch norm + GELU, softmax pooling, softmax + dropout +
     matmul) against finite differences in float64."""
-    from enformer_train.model.attention import _AttendFunction
-    from enformer_train.model.batchnorm import _BatchNormFunction
-    from enformer_train.model.blocks import _SoftmaxPoolingFunction
+    from enformer_train.model.ops import AttendFunction, BatchNormFunction, SoftmaxPoolingFunction
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 6, dtype=torch.float64, generator=g, requires_grad=True)
     w = (torch.rand(4, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
     b = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
     for gelu in (False, True):
-        torch.autograd.gradcheck(lambda x, w, b: _BatchNormFunction.apply(x, w, b, 1e-5, gelu, 1)[0], (x, w, b))
+        torch.autograd.gradcheck(lambda x, w, b: BatchNormFunction.apply(x, w, b, 1e-5, gelu, 1)[0], (x, w, b))
     # and against the plain composition of torch ops
-    y = _BatchNormFunction.apply(x, w, b, 1e-5, True, 1)[0]
+    y = BatchNormFunction.apply(x, w, b, 1e-5, True, 1)[0]
     z = torch.nn.functional.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
     torch.testing.assert_close(y, torch.sigmoid(1.702 * z) * z)
 
     pool_w = torch.randn(4, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    torch.autograd.gradcheck(_SoftmaxPoolingFunction.apply, (x, pool_w))
+    torch.autograd.gradcheck(SoftmaxPoolingFunction.apply, (x, pool_w))
     # a softmax over each pair of positions, per channel
     logits = torch.matmul(pool_w, x).view(3, 4, 3, 2)
     expected = (x.view(3, 4, 3, 2) * logits.softmax(-1)).sum(-1)
-    torch.testing.assert_close(_SoftmaxPoolingFunction.apply(x, pool_w), expected)
+    torch.testing.assert_close(SoftmaxPoolingFunction.apply(x, pool_w), expected)
 
     logits = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
     v = torch.randn(2, 3, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    torch.autograd.gradcheck(lambda l, v: _AttendFunction.apply(l, v, 0.0, True), (logits, v))
+    torch.autograd.gradcheck(lambda l, v: AttendFunction.apply(l, v, 0.0, True), (logits, v))
 
     def seeded(l, v):
         torch.manual_seed(5)
-        return _AttendFunction.apply(l, v, 0.3, True)
+        return AttendFunction.apply(l, v, 0.3, True)
 
     torch.autograd.gradcheck(seeded, (logits, v))
     torch.manual_seed(5)
@@ -211,3 +210,4 @@ def test_fused_functions_have_exact_gradients():
     expected = torch.matmul(logits.softmax(-1) * mask / 0.7, v)
     torch.testing.assert_close(seeded(logits, v), expected)
     assert 0 < (~mask).sum() < mask.numel()
+

@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import GELU_SCALE, batch_norm
+
 _state = threading.local()
 
 
@@ -41,71 +43,6 @@ def _distributed_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-_GELU_SCALE = 1.702
-
-
-class _BatchNormFunction(torch.autograd.Function):
-    """y = act((x - mean) / sqrt(var + eps) * weight + bias), act = identity or sigmoid(1.702 z) z.
-
-    x: [batch, channels, length]. Mean and biased variance are over (batch, length) of this rank,
-    or of all ranks (`world` > 1): forward all-reduces (sum x, sum x^2, count) in float64, backward
-    (sum dz, sum dz * x_hat), so each rank's input gradient is that of the sum of all ranks' losses,
-    exactly as one process holding the whole batch. Only x is kept for backward; the normalised
-    values and the activation are recomputed there, which halves what a conv block keeps.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps, gelu, world):
-        channels = x.shape[1]
-        if world > 1:
-            x64 = x.double()
-            local = torch.cat([x64.sum(dim=(0, 2)), (x64 * x64).sum(dim=(0, 2)),
-                               torch.tensor([x.shape[0] * x.shape[2]], dtype=torch.float64, device=x.device)])
-            dist.all_reduce(local)
-            count = local[-1]
-            mean64 = local[:channels] / count
-            var = (local[channels:2 * channels] / count - mean64 * mean64).clamp_min(0.0).to(x.dtype)
-            mean = mean64.to(x.dtype)
-        else:
-            count = x.shape[0] * x.shape[2]
-            var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd * weight
-        z = torch.addcmul((bias - mean * scale)[None, :, None], x, scale[None, :, None])
-        y = z.mul_(torch.sigmoid(z * _GELU_SCALE)) if gelu else z
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
-        ctx.count, ctx.gelu, ctx.world = count, gelu, world
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, grad_y, _grad_mean, _grad_var):
-        x, weight, bias, mean, invstd = ctx.saved_tensors
-        channels = x.shape[1]
-        x_hat = (x - mean[None, :, None]).mul_(invstd[None, :, None])
-        if ctx.gelu:
-            # d/dz [s(1.702 z) z] = s (1 + 1.702 z (1 - s)), in place to spare allocations
-            z = torch.addcmul(bias[None, :, None], x_hat, weight[None, :, None])
-            s = torch.sigmoid(z * _GELU_SCALE)
-            grad_z = torch.rsub(s, 1).mul_(z).mul_(_GELU_SCALE).add_(1).mul_(s).mul_(grad_y)
-            del z, s
-        else:
-            grad_z = grad_y
-        sum_dz = grad_z.sum(dim=(0, 2), dtype=torch.float64)
-        sum_dz_xhat = (grad_z * x_hat).sum(dim=(0, 2), dtype=torch.float64)
-        # Parameter gradients stay local: the data-parallel wrapper all-reduces them like any other.
-        grad_weight, grad_bias = sum_dz_xhat.to(weight.dtype), sum_dz.to(weight.dtype)
-        if ctx.world > 1:
-            sums = torch.cat([sum_dz, sum_dz_xhat])
-            dist.all_reduce(sums)
-            sum_dz, sum_dz_xhat = sums[:channels], sums[channels:]
-        mean_dz = (sum_dz / ctx.count).to(x.dtype)
-        mean_dz_xhat = (sum_dz_xhat / ctx.count).to(x.dtype)
-        grad_x = x_hat.mul_(-mean_dz_xhat[None, :, None]).add_(grad_z).sub_(mean_dz[None, :, None]).mul_(
-            (weight * invstd)[None, :, None])
-        return grad_x, grad_weight, grad_bias, None, None, None
-
-
 class CrossReplicaBatchNorm(nn.Module):
     """Batch norm over channels of [batch, channels, length], statistics of the global batch.
 
@@ -121,6 +58,8 @@ class CrossReplicaBatchNorm(nn.Module):
                  gelu: bool = False):
         super().__init__()
         self.decay, self.eps, self.cross_replica, self.gelu = decay, eps, cross_replica, gelu
+        # Frozen (fine-tuning): normalise with the moving averages and keep them, also in training mode.
+        self.frozen = False
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -130,12 +69,12 @@ class CrossReplicaBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = at_least_float32(x)  # statistics in float32 even under autocast
-        if not self.training:
+        if not self.training or self.frozen:
             y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                              training=False, eps=self.eps)
-            return (y * torch.sigmoid(_GELU_SCALE * y) if self.gelu else y).to(dtype)
+            return (y * torch.sigmoid(GELU_SCALE * y) if self.gelu else y).to(dtype)
         world = _distributed_world() if self.cross_replica else 1
-        y, mean, var = _BatchNormFunction.apply(x, self.weight, self.bias, self.eps, self.gelu, world)
+        y, mean, var = batch_norm(x, self.weight, self.bias, self.eps, self.gelu, world)
         if not getattr(_state, "frozen", False):
             self._update_averages(mean, var)
         return y.to(dtype)
@@ -151,4 +90,4 @@ class CrossReplicaBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, decay={self.decay}, eps={self.eps}, "
-                f"cross_replica={self.cross_replica}, gelu={self.gelu}")
+                f"cross_replica={self.cross_replica}, gelu={self.gelu}" + (", frozen" if self.frozen else ""))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batchnorm import CrossReplicaBatchNorm
+from .ops import softmax_pool_pairs
 
 # Sonnet's VarianceScaling with a truncated normal divides by the stddev of a unit normal truncated
 # to [-2, 2], so the truncated distribution has the intended variance.
@@ -60,44 +61,6 @@ class Residual(nn.Module):
         return x + self.module(x)
 
 
-class _SoftmaxPoolingFunction(torch.autograd.Function):
-    """Softmax pooling of pairs: out[b, c, i] = x0 + (x1 - x0) sigmoid(l1 - l0), where (x0, x1) are
-    positions 2i and 2i + 1 and l = weight @ x. A softmax over two logits is the sigmoid of their
-    difference, and l1 - l0 = weight @ (x1 - x0), so one half-length matmul gives it.
-
-    Keeps only x for backward and recomputes the rest there: this is the largest activation of
-    the network, and autograd would keep x, the logits' softmax and more.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        ctx.save_for_backward(x, weight)
-        x0, diff, s = _pair_weights(x, weight)
-        return torch.addcmul(x0, diff, s)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        _, diff, s = _pair_weights(x, weight)
-        g1 = grad * s
-        # d out / d (l1 - l0) = g (x1 - x0) s (1 - s); l1 - l0 = weight @ (x1 - x0)
-        d = torch.rsub(s, 1).mul_(g1).mul_(diff)
-        del s
-        grad_weight = torch.matmul(d, diff.transpose(1, 2)).sum(0)
-        u = torch.matmul(weight.t(), d)
-        del d, diff
-        grad_x1 = g1.add_(u)
-        grad_x0 = torch.sub(grad, grad_x1)
-        return torch.stack([grad_x0, grad_x1], dim=-1).flatten(-2), grad_weight
-
-
-def _pair_weights(x: torch.Tensor, weight: torch.Tensor):
-    """x [b, c, 2n] -> x0 [b, c, n] (a view), x1 - x0, and the weight of x1, sigmoid(weight @ (x1 - x0))."""
-    x0 = x[..., 0::2]
-    diff = x[..., 1::2] - x0
-    return x0, diff, torch.sigmoid(torch.matmul(weight, diff))
-
-
 class SoftmaxPooling(nn.Module):
     """Pool pairs of positions with per-channel softmax weights. [batch, channels, length] -> length / 2.
 
@@ -113,7 +76,7 @@ class SoftmaxPooling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2:
             raise ValueError(f"softmax pooling needs an even length, got {x.shape[-1]}")
-        return _SoftmaxPoolingFunction.apply(x, self.weight.to(x.dtype))
+        return softmax_pool_pairs(x, self.weight.to(x.dtype))
 
 
 class MaxPooling(nn.Module):

@@ -8,33 +8,43 @@ from typing import Any
 from ..errors import UserError
 
 
+def option(default, help: str):
+    """A config field with its one-line meaning (shown by `enformer-train config`); a callable
+    default is a factory (for lists and dicts)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class EnformerConfig:
     """Sizes of an Enformer. Defaults are DeepMind's published model (251,221,292 parameters)."""
 
-    channels: int = 1536
-    num_transformer_layers: int = 11
-    num_heads: int = 8
-    key_size: int = 64
-    value_size: int | None = None  # None: channels // num_heads, as the reference
-    num_relative_position_features: int | None = None  # None: channels // num_heads
-    num_conv_tower_blocks: int = 6  # each halves the length; with the stem's pool, bins of 2**(n+1) bp
-    tower_divisible_by: int = 128  # conv tower filters are rounded to this (128 in the paper)
-    stem_kernel_size: int = 15
-    tower_kernel_size: int = 5
-    pooling: str = "attention"  # 'attention' (softmax pooling) or 'max'
-    sequence_length: int = 196_608  # the input length the model is built for; others work too
-    target_length: int = 896
-    dropout_rate: float = 0.4
-    attention_dropout_rate: float = 0.05
-    positional_dropout_rate: float = 0.01
-    final_dropout_rate: float = 0.05  # dropout_rate / 8 in the reference
-    batchnorm_decay: float = 0.9
-    batchnorm_eps: float = 1e-5
-    layernorm_eps: float = 1e-5
-    cross_replica_batchnorm: bool = True
-    gradient_checkpointing: bool = False
-    heads: dict[str, int] = field(default_factory=lambda: {"human": 5313, "mouse": 1643})
+    channels: int = option(1536, "channels of the trunk (transformer width)")
+    num_transformer_layers: int = option(11, "transformer blocks")
+    num_heads: int = option(8, "attention heads per transformer block")
+    key_size: int = option(64, "query/key size per attention head")
+    value_size: int | None = option(None, "value size per head; null: channels / num_heads, as the reference")
+    num_relative_position_features: int | None = option(
+        None, "relative positional features (a multiple of 6); null: channels / num_heads")
+    num_conv_tower_blocks: int = option(6, "conv tower blocks, each halving the length; bins of 2^(n+1) bp")
+    tower_divisible_by: int = option(128, "conv tower filters are rounded to a multiple of this")
+    stem_kernel_size: int = option(15, "width of the stem convolution")
+    tower_kernel_size: int = option(5, "width of the conv tower convolutions")
+    pooling: str = option("attention", "'attention' (softmax pooling, the paper) or 'max'")
+    sequence_length: int = option(196_608, "input length in bp the model is built for (others work too)")
+    target_length: int = option(896, "output bins kept after cropping the centre")
+    dropout_rate: float = option(0.4, "dropout in the transformer blocks")
+    attention_dropout_rate: float = option(0.05, "dropout on the attention weights")
+    positional_dropout_rate: float = option(0.01, "dropout on the relative positional features")
+    final_dropout_rate: float = option(0.05, "dropout after the final pointwise block (dropout_rate / 8 in the reference)")
+    batchnorm_decay: float = option(0.9, "decay of the batch norms' moving averages")
+    batchnorm_eps: float = option(1e-5, "batch norm epsilon")
+    layernorm_eps: float = option(1e-5, "layer norm epsilon")
+    cross_replica_batchnorm: bool = option(True, "batch norm statistics over the global batch (all ranks)")
+    gradient_checkpointing: bool = option(False, "recompute trunk blocks in the backward pass to save memory")
+    heads: dict[str, int] = option(lambda: {"human": 5313, "mouse": 1643},
+                                   "output heads {name: tracks}; a store attaches to a head by name")
 
     def __post_init__(self) -> None:
         if self.value_size is None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..codes import ONE_HOT
 from .attention import MultiheadAttention
 from .batchnorm import at_least_float32, frozen_statistics
 from .blocks import ConvBlock, ConvTowerBlock, Stem, gelu, init_sonnet_linear
@@ -68,12 +69,19 @@ class Head(nn.Module):
         return F.softplus(self.linear(x))
 
 
+_ONE_HOT_TABLES: dict = {}
+
+
 def one_hot(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 codes [batch, length] (0-3 = ACGT, 4 = N) -> one-hot [batch, length, 4]; N is all zero.
 
-    A table lookup: a code outside 0-4 is an index error, with no host sync on the hot path.
+    A lookup in codes.ONE_HOT, copied once per device and dtype: a code outside 0-4 is an index
+    error, with no host sync on the hot path.
     """
-    table = torch.eye(5, 4, dtype=dtype, device=x.device)
+    table = _ONE_HOT_TABLES.get((x.device, dtype))
+    if table is None:
+        table = torch.from_numpy(ONE_HOT).to(device=x.device, dtype=dtype)
+        _ONE_HOT_TABLES[(x.device, dtype)] = table
     return table[x.long()]
 
 
@@ -97,7 +105,8 @@ class Enformer(nn.Module):
         self.final_pointwise = FinalPointwise(config)
         self.heads = nn.ModuleDict({name: Head(2 * config.channels, tracks) for name, tracks in config.heads.items()})
 
-    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _checkpointed(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """block(x), under activation checkpointing when the config asks for it and a backward will follow."""
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, x, use_reentrant=False, context_fn=_recompute_without_statistics)
         return block(x)
@@ -122,12 +131,12 @@ class Enformer(nn.Module):
         if x.shape[1] % self.config.bin_size:
             raise ValueError(f"input length {x.shape[1]} is not a multiple of the bin size {self.config.bin_size}")
         x = x.transpose(1, 2)
-        x = self._run(self.stem, x)
+        x = self._checkpointed(self.stem, x)
         for block in self.conv_tower:
-            x = self._run(block, x)
+            x = self._checkpointed(block, x)
         x = x.transpose(1, 2)
         for block in self.transformer:
-            x = self._run(block, x)
+            x = self._checkpointed(block, x)
         return self.final_pointwise(self.crop(x))
 
     def forward(self, x: torch.Tensor, head: str | None = None):
@@ -137,3 +146,10 @@ class Enformer(nn.Module):
                 raise KeyError(f"no head {head!r}; this model has {', '.join(self.heads)}")
             return self.heads[head](embedding)
         return {name: module(embedding) for name, module in self.heads.items()}
+
+
+def build_model(config: EnformerConfig) -> Enformer:
+    """The model `config` describes. Every command builds its model here (training, inference,
+    loading and importing weights, measuring), so that a second model family changes this one place.
+    Under `with torch.device("meta")` it builds without memory, as load_model does."""
+    return Enformer(config)

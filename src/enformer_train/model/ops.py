@@ -1,0 +1,192 @@
+"""The custom autograd functions of the model: each computes what plain torch ops would, keeping
+less for backward and recomputing the rest there. The modules in blocks.py, attention.py and
+batchnorm.py call them through the functions at the end of this file.
+
+Each is checked against autograd by torch.autograd.gradcheck in tests/test_model.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+GELU_SCALE = 1.702
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """y = act((x - mean) / sqrt(var + eps) * weight + bias), act = identity or sigmoid(1.702 z) z.
+
+    x: [batch, channels, length]. Mean and biased variance are over (batch, length) of this rank,
+    or of all ranks (`world` > 1): forward all-reduces (sum x, sum x^2, count) in float64, backward
+    (sum dz, sum dz * x_hat), so each rank's input gradient is that of the sum of all ranks' losses,
+    exactly as one process holding the whole batch. Only x is kept for backward; the normalised
+    values and the activation are recomputed there, which halves what a conv block keeps.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, gelu, world):
+        channels = x.shape[1]
+        if world > 1:
+            x64 = x.double()
+            local = torch.cat([x64.sum(dim=(0, 2)), (x64 * x64).sum(dim=(0, 2)),
+                               torch.tensor([x.shape[0] * x.shape[2]], dtype=torch.float64, device=x.device)])
+            dist.all_reduce(local)
+            count = local[-1]
+            mean64 = local[:channels] / count
+            var = (local[channels:2 * channels] / count - mean64 * mean64).clamp_min(0.0).to(x.dtype)
+            mean = mean64.to(x.dtype)
+        else:
+            count = x.shape[0] * x.shape[2]
+            var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd * weight
+        z = torch.addcmul((bias - mean * scale)[None, :, None], x, scale[None, :, None])
+        y = z.mul_(torch.sigmoid(z * GELU_SCALE)) if gelu else z
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.count, ctx.gelu, ctx.world = count, gelu, world
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        channels = x.shape[1]
+        x_hat = (x - mean[None, :, None]).mul_(invstd[None, :, None])
+        if ctx.gelu:
+            # d/dz [s(1.702 z) z] = s (1 + 1.702 z (1 - s)), in place to spare allocations
+            z = torch.addcmul(bias[None, :, None], x_hat, weight[None, :, None])
+            s = torch.sigmoid(z * GELU_SCALE)
+            grad_z = torch.rsub(s, 1).mul_(z).mul_(GELU_SCALE).add_(1).mul_(s).mul_(grad_y)
+            del z, s
+        else:
+            grad_z = grad_y
+        sum_dz = grad_z.sum(dim=(0, 2), dtype=torch.float64)
+        sum_dz_xhat = (grad_z * x_hat).sum(dim=(0, 2), dtype=torch.float64)
+        # Parameter gradients stay local: the data-parallel wrapper all-reduces them like any other.
+        grad_weight, grad_bias = sum_dz_xhat.to(weight.dtype), sum_dz.to(weight.dtype)
+        if ctx.world > 1:
+            sums = torch.cat([sum_dz, sum_dz_xhat])
+            dist.all_reduce(sums)
+            sum_dz, sum_dz_xhat = sums[:channels], sums[channels:]
+        mean_dz = (sum_dz / ctx.count).to(x.dtype)
+        mean_dz_xhat = (sum_dz_xhat / ctx.count).to(x.dtype)
+        grad_x = x_hat.mul_(-mean_dz_xhat[None, :, None]).add_(grad_z).sub_(mean_dz[None, :, None]).mul_(
+            (weight * invstd)[None, :, None])
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+class SoftmaxPoolingFunction(torch.autograd.Function):
+    """Softmax pooling of pairs: out[b, c, i] = x0 + (x1 - x0) sigmoid(l1 - l0), where (x0, x1) are
+    positions 2i and 2i + 1 and l = weight @ x. A softmax over two logits is the sigmoid of their
+    difference, and l1 - l0 = weight @ (x1 - x0), so one half-length matmul gives it.
+
+    Keeps only x for backward and recomputes the rest there: this is the largest activation of
+    the network, and autograd would keep x, the logits' softmax and more.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        x0, diff, s = _pair_weights(x, weight)
+        return torch.addcmul(x0, diff, s)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        _, diff, s = _pair_weights(x, weight)
+        g1 = grad * s
+        # d out / d (l1 - l0) = g (x1 - x0) s (1 - s); l1 - l0 = weight @ (x1 - x0)
+        d = torch.rsub(s, 1).mul_(g1).mul_(diff)
+        del s
+        grad_weight = torch.matmul(d, diff.transpose(1, 2)).sum(0)
+        u = torch.matmul(weight.t(), d)
+        del d, diff
+        grad_x1 = g1.add_(u)
+        grad_x0 = torch.sub(grad, grad_x1)
+        return torch.stack([grad_x0, grad_x1], dim=-1).flatten(-2), grad_weight
+
+
+def _pair_weights(x: torch.Tensor, weight: torch.Tensor):
+    """x [b, c, 2n] -> x0 [b, c, n] (a view), x1 - x0, and the weight of x1, sigmoid(weight @ (x1 - x0))."""
+    x0 = x[..., 0::2]
+    diff = x[..., 1::2] - x0
+    return x0, diff, torch.sigmoid(torch.matmul(weight, diff))
+
+
+class AddRelativeLogits(torch.autograd.Function):
+    """content + shift(relative), where shift(r)[..., i, j] = r[..., i, j - i + T - 1].
+
+    The reference shifts by padding, reshaping and slicing, which copies the [T, 2T] logits twice;
+    here the shift is a strided view of the [T, 2T - 1] relative logits, read once.
+    """
+
+    @staticmethod
+    def forward(ctx, content: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
+        relative = relative.contiguous()
+        ctx.relative_shape = relative.shape
+        return content + _shifted_view(relative)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_relative = grad.new_zeros(ctx.relative_shape)
+        _shifted_view(grad_relative).copy_(grad)
+        return grad, grad_relative
+
+
+def _shifted_view(relative: torch.Tensor) -> torch.Tensor:
+    """[..., T, 2T - 1] contiguous -> view [..., T, T] with out[..., i, j] = relative[..., i, j - i + T - 1]."""
+    *lead, t, width = relative.shape
+    lead_strides = relative.stride()[:-2]
+    return relative.as_strided((*lead, t, t), (*lead_strides, width - 1, 1),
+                               relative.storage_offset() + t - 1)
+
+
+class AttendFunction(torch.autograd.Function):
+    """dropout(softmax(logits)) @ v, keeping for backward the softmax and a boolean dropout mask
+    only: autograd would also keep the dropped-out copy, the largest tensor of each layer."""
+
+    @staticmethod
+    def forward(ctx, logits, v, rate, training):
+        p = logits.softmax(dim=-1)
+        dropped = None
+        weights = p
+        if training and rate > 0:
+            dropped = torch.empty(p.shape, dtype=torch.bool, device=p.device).bernoulli_(rate)
+            weights = p.masked_fill(dropped, 0.0).mul_(1.0 / (1.0 - rate))
+        ctx.save_for_backward(p, v, dropped)
+        ctx.rate = rate
+        return torch.matmul(weights, v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, v, dropped = ctx.saved_tensors
+        scale = 1.0 / (1.0 - ctx.rate)
+        weights = p if dropped is None else p.masked_fill(dropped, 0.0).mul_(scale)
+        grad_v = torch.matmul(weights.transpose(-1, -2), grad)
+        del weights
+        grad_p = torch.matmul(grad, v.transpose(-1, -2))
+        if dropped is not None:
+            grad_p.masked_fill_(dropped, 0.0).mul_(scale)
+        # softmax backward: p (grad_p - sum(grad_p p))
+        row = (grad_p * p).sum(dim=-1, keepdim=True)
+        return grad_p.sub_(row).mul_(p), grad_v, None, None
+
+
+def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, gelu: bool, world: int):
+    """Training-mode batch norm (+ GELU) of x [batch, channels, length] over `world` ranks
+    -> (y [batch, channels, length], batch mean [channels], biased batch variance [channels])."""
+    return BatchNormFunction.apply(x, weight, bias, eps, gelu, world)
+
+
+def softmax_pool_pairs(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Softmax pooling of x [batch, channels, 2n] with logits weight [channels, channels] @ x -> [batch, channels, n]."""
+    return SoftmaxPoolingFunction.apply(x, weight)
+
+
+def add_relative_logits(content: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
+    """content [..., T, T] + relative [..., T, 2T - 1] shifted so that column j of row i is distance j - i."""
+    return AddRelativeLogits.apply(content, relative)
+
+
+def attend(logits: torch.Tensor, v: torch.Tensor, dropout_rate: float, training: bool) -> torch.Tensor:
+    """dropout(softmax(logits [..., T, T])) @ v [..., T, value] -> [..., T, value]."""
+    return AttendFunction.apply(logits, v, dropout_rate, training)
