@@ -29,7 +29,7 @@ from enformer_train.data.prepare import prepare  # noqa: E402
 from enformer_train.data.store import Store, sequence_file, target_file  # noqa: E402
 from enformer_train.data.synthetic import BarnyardConfig, write_barnyard  # noqa: E402
 
-CONTEXT = 196_608
+SEQUENCE_LENGTH = 196_608
 FORWARD_FLOPS = 2.2e12  # full Enformer, one 196,608-bp sample
 A100_FLOPS = 0.40 * 312e12  # bf16 at 40% utilisation
 GPUS, CORES = 8, 16
@@ -139,8 +139,8 @@ def main() -> None:
         folder = os.path.join(work, "barnyard", "human")
         store_path = os.path.join(work, "store")
         t = time.perf_counter()
-        prepare(store_path, "human", os.path.join(work, "barnyard", "human.fa"), folder, context=CONTEXT,
-                max_shift=3, splits=("train",), workers=0, progress=False)
+        prepare(store_path, "human", os.path.join(work, "barnyard", "human.fa"), folder,
+                sequence_length=SEQUENCE_LENGTH, max_shift=3, splits=("train",), workers=0, progress=False)
         prepare_rate = args.records / (time.perf_counter() - t)
         records_size = sum(os.path.getsize(os.path.join(folder, "tfrecords", f))
                            for f in os.listdir(os.path.join(folder, "tfrecords")) if f.startswith("train"))
@@ -176,7 +176,7 @@ def main() -> None:
 
         per_gpu = A100_FLOPS / (3 * FORWARD_FLOPS)
         need_per_core = GPUS * per_gpu / CORES
-        sample_mb = (CONTEXT + 6 + 896 * 5313 * 2) / 1e6
+        sample_mb = (SEQUENCE_LENGTH + 6 + 896 * 5313 * 2) / 1e6
         print()
         print(f"{'path (one process = one core)':<52} {'samples/s':>10} {'MB/s':>8}")
         print("-" * 72)

@@ -13,7 +13,7 @@ from enformer_train.data.crc32c import _TABLE_LIST
 from enformer_train.data.prepare import prepare
 from enformer_train.data.synthetic import BarnyardConfig, write_barnyard
 
-TINY_CONTEXT = 6144  # 4,096-bp records extended by 1,024 bp each side
+TINY_SEQUENCE_LENGTH = 6144  # 4,096-bp records extended by 1,024 bp each side
 _CACHE: dict = {}
 
 
@@ -49,7 +49,7 @@ def store_dir(organism: str = "human") -> str:
         root = barnyard_dir()
         out = os.path.join(_root(), key)
         prepare(out, organism, os.path.join(root, f"{organism}.fa"), os.path.join(root, organism),
-                context=TINY_CONTEXT, max_shift=3, workers=0, records_per_file=64, progress=False)
+                sequence_length=TINY_SEQUENCE_LENGTH, max_shift=3, workers=0, records_per_file=64, progress=False)
         _CACHE[key] = out
     return _CACHE[key]
 

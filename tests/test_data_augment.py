@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest_data import store_dir
-from enformer_train.data.augment import (Augment, Fixed, augment, crop, reverse_complement,
+from enformer_train.data.augment import (Augment, FixedView, augment, crop, reverse_complement,
                                          reverse_complement_one_hot, reverse_targets)
-from enformer_train.data.genome import decode, encode, one_hot
+from enformer_train.codes import one_hot
+from enformer_train.data.genome import decode, encode
 from enformer_train.data.loader import Loader, to_device
 from enformer_train.data.store import Store
 
@@ -53,13 +54,13 @@ def test_augment_choices_seeded_and_uniform():
     counts = np.bincount(shifts + 3, minlength=7)
     assert set(shifts) == set(range(-3, 4)) and counts.min() > 4000 / 7 * 0.85
     assert 0.46 < np.mean([r for _, r in choices]) < 0.54
-    assert Fixed(2, True).choose(0, 0, 5) == (2, True)
+    assert FixedView(2, True).choose(0, 0, 5) == (2, True)
 
 
 def test_loader_batches_are_augmented_store_samples():
     store = Store(store_dir("human"), "train")
     assert not np.array_equal(store.strand_pair, np.arange(store.num_targets))  # the barnyard has pairs
-    loader = Loader(store, 16, train=True, seed=3, context=4096)
+    loader = Loader(store, 16, train=True, seed=3, sequence_length=4096)
     batch = next(iter(loader))
     assert batch["sequence"].shape == (16, 4096) and batch["sequence"].dtype == torch.uint8
     assert batch["target"].shape == (16, 16, 8) and batch["target"].dtype == torch.float16

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from conftest_data import store_dir
-from enformer_train.data.loader import Loader, Paired, rank_share
+from enformer_train.data.loader import Loader, Paired, Shard, rank_share
 from enformer_train.data.store import Store
 from enformer_train.errors import UserError
 
@@ -41,7 +41,7 @@ def test_evaluation_shares_disjoint_and_complete_2_ranks_x_2_workers(tmp_path):
     seen = []
     for rank in range(2):
         store = RecordingStore(store_dir("human"), "valid", str(tmp_path), rank)
-        loader = Loader(store, 5, train=False, rank=rank, world_size=2, num_workers=2)
+        loader = Loader(store, 5, train=False, shard=Shard(rank, 2), num_workers=2)
         batches = list(loader)
         assert len(batches) == len(loader) == 4  # 16 samples a rank: 5 + 5 + 5 + 1
         assert [len(b["index"]) for b in batches] == [5, 5, 5, 1]
@@ -59,7 +59,7 @@ def test_evaluation_uneven_shares_no_duplicates():
     counts = []
     seen = []
     for rank in range(3):
-        batches = list(Loader(store, 4, train=False, rank=rank, world_size=3, num_workers=2))
+        batches = list(Loader(store, 4, train=False, shard=Shard(rank, 3), num_workers=2))
         counts.append(sum(len(b["index"]) for b in batches))
         seen += [i for b in batches for i in b["index"].tolist()]
     assert counts == [11, 11, 10] and sorted(seen) == list(range(32))
@@ -69,7 +69,7 @@ def test_training_shares_disjoint_each_epoch_and_reshuffled(tmp_path):
     epochs = {}
     for rank in range(2):
         store = RecordingStore(store_dir("human"), "train", str(tmp_path), rank)
-        loader = Loader(store, 8, train=True, seed=11, rank=rank, world_size=2, num_workers=2)
+        loader = Loader(store, 8, train=True, seed=11, shard=Shard(rank, 2), num_workers=2)
         assert loader.steps_per_epoch == 16  # 256 samples / 2 ranks / 8
         it = iter(loader)
         for epoch in range(2):
@@ -77,7 +77,7 @@ def test_training_shares_disjoint_each_epoch_and_reshuffled(tmp_path):
         assert loader.epoch == 2
     for epoch, (r0, r1) in epochs.items():
         assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(256))
-        np.testing.assert_array_equal(r0, rank_share(256, 11, epoch, 0, 2, True))
+        np.testing.assert_array_equal(r0, rank_share(256, 11, epoch, Shard(0, 2), True))
     assert epochs[0][0] != epochs[1][0]  # a new order every epoch
     logs = _logs(str(tmp_path))
     for r, rank in enumerate(("rank0", "rank1")):  # a rank's two workers split each epoch's share
@@ -133,4 +133,4 @@ def test_loader_errors():
     with pytest.raises(UserError, match="too few for batches of 64 on each of 1 ranks"):
         Loader(store, 64, train=True)
     with pytest.raises(UserError, match="cannot give 6150-bp inputs"):
-        Loader(store, 4, train=True, context=6150)
+        Loader(store, 4, train=True, sequence_length=6150)

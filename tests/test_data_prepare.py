@@ -1,6 +1,7 @@
 """prepare: records + FASTA + BED -> store; pairing checks, errors, resume, and the store it writes."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest_data import TINY_CONTEXT, barnyard_copy, barnyard_dir, store_dir  # noqa: F401 (fixture)
+from conftest_data import TINY_SEQUENCE_LENGTH, barnyard_copy, barnyard_dir, store_dir  # noqa: F401 (fixture)
 from enformer_train.cli import main as cli_main
 from enformer_train.data.basenji import BasenjiRecords, onehot_to_codes, write_records
 from enformer_train.data.genome import Genome
@@ -17,11 +18,11 @@ from enformer_train.data.prepare import prepare
 from enformer_train.data.store import Store
 from enformer_train.errors import UserError
 
-MARGIN = (TINY_CONTEXT - 4096) // 2 + 3  # bases of the window before the BED region
+MARGIN = (TINY_SEQUENCE_LENGTH - 4096) // 2 + 3  # bases of the window before the BED region
 
 
 def _prepare(root, out, **kw):
-    args = dict(context=TINY_CONTEXT, max_shift=3, workers=0, records_per_file=64, progress=False)
+    args = dict(sequence_length=TINY_SEQUENCE_LENGTH, max_shift=3, workers=0, records_per_file=64, progress=False)
     args.update(kw)
     return prepare(str(out), "human", os.path.join(root, "human.fa"), os.path.join(root, "human"), **args)
 
@@ -34,7 +35,7 @@ def test_store_holds_fasta_windows_and_record_targets():
         store = Store(store_dir("human"), split)
         records = list(BasenjiRecords(os.path.join(root, "human"), split))
         assert len(store) == len(records) == len(rows[split])
-        assert store.window == TINY_CONTEXT + 6
+        assert store.window == TINY_SEQUENCE_LENGTH + 6
         for i in range(len(store)):
             sample, region = store[i], rows[split][i]
             assert sample["sequence"].dtype == np.uint8 and sample["target"].dtype == np.float16
@@ -70,13 +71,13 @@ def test_manifest_and_cli(tmp_path, capsys):
     root = barnyard_dir()
     code = cli_main(["prepare", "--organism", "human", "--fasta", os.path.join(root, "human.fa"),
                      "--basenji", os.path.join(root, "human"), "--out", str(tmp_path / "s"),
-                     "--context", str(TINY_CONTEXT), "--workers", "2", "--records-per-file", "64",
+                     "--context", str(TINY_SEQUENCE_LENGTH), "--workers", "2", "--records-per-file", "64",
                      "--splits", "valid,test", "--no-progress"])
     assert code == 0
     assert "human store complete (valid 32, test 32" in capsys.readouterr().out
     manifest = json.load(open(tmp_path / "s" / "manifest.json"))
     assert manifest["complete"] and manifest["format_version"] == 1
-    assert (manifest["window"], manifest["target_length"], manifest["num_targets"]) == (TINY_CONTEXT + 6, 16, 8)
+    assert (manifest["window"], manifest["target_length"], manifest["num_targets"]) == (TINY_SEQUENCE_LENGTH + 6, 16, 8)
     assert manifest["splits"]["valid"]["count"] == 32 and "train" not in manifest["splits"]
     assert manifest["sources"]["basenji"]["files"]["valid-0.tfr"] == os.path.getsize(
         os.path.join(root, "human", "tfrecords", "valid-0.tfr"))
@@ -117,6 +118,44 @@ def test_interleaved_records_stop_with_the_first_rows(barnyard_copy, tmp_path):
         Store(str(tmp_path / "s"), "valid")  # a failed prepare leaves nothing Store opens
 
 
+def _resplit(folder: str, split: str, sizes: list[int]) -> list:
+    """Write the split's records again in files of `sizes` records (as basenji_data.py --seqs_per_tfr)."""
+    records = list(BasenjiRecords(folder, split))
+    for path in glob.glob(os.path.join(folder, "tfrecords", f"{split}-*.tfr")):
+        os.remove(path)
+    first = 0
+    for number, size in enumerate(sizes):
+        write_records(os.path.join(folder, "tfrecords", f"{split}-{number}.tfr"), records[first:first + size])
+        first += size
+    assert first == len(records)
+    return records
+
+
+def test_files_of_any_record_counts_give_the_same_store(barnyard_copy, tmp_path):
+    folder = os.path.join(barnyard_copy, "human")
+    _resplit(folder, "train", [10, 100, 0, 50, 96])
+    _resplit(folder, "valid", [32])
+    _resplit(folder, "test", [5, 27])
+    for workers in (0, 2):
+        manifest = prepare(str(tmp_path / f"s{workers}"), "human", os.path.join(barnyard_copy, "human.fa"), folder,
+                           sequence_length=TINY_SEQUENCE_LENGTH, max_shift=3, workers=workers, progress=False)
+        assert manifest["prepare"]["files_converted"] == 7  # the empty file has nothing to convert
+        for split in ("train", "valid", "test"):
+            for suffix in ("sequence.u8", "target.f16", "regions.bed"):
+                assert open(tmp_path / f"s{workers}" / f"{split}.{suffix}", "rb").read() == \
+                    open(os.path.join(store_dir("human"), f"{split}.{suffix}"), "rb").read(), (split, suffix)
+
+
+def test_records_out_of_bed_order_in_resplit_files_are_refused(barnyard_copy, tmp_path):
+    folder = os.path.join(barnyard_copy, "human")
+    records = _resplit(folder, "valid", [7, 25])
+    records[6], records[7] = records[7], records[6]  # across the files' boundary
+    write_records(os.path.join(folder, "tfrecords", "valid-0.tfr"), records[:7])
+    write_records(os.path.join(folder, "tfrecords", "valid-1.tfr"), records[7:])
+    with pytest.raises(UserError, match=r"1 valid rows of 7 read so far do not match their records.* first: line \d+ "):
+        _prepare(barnyard_copy, tmp_path / "s", splits=("valid",), records_per_file=None)
+
+
 def test_mismatch_rate_tolerated_below_threshold(barnyard_copy, tmp_path):
     folder = os.path.join(barnyard_copy, "human")
     records = list(BasenjiRecords(folder, "valid"))
@@ -133,8 +172,14 @@ def test_mismatch_rate_tolerated_below_threshold(barnyard_copy, tmp_path):
 def test_corrupt_file_then_resume_gives_the_same_store(barnyard_copy, tmp_path):
     path = os.path.join(barnyard_copy, "human", "tfrecords", "train-2.tfr")
     good = open(path, "rb").read()
-    open(path, "wb").write(good[: len(good) // 2])
-    with pytest.raises(UserError, match=r"train-2\.tfr: record \d+ .*truncated"):
+    # A payload byte flipped (an uncompressed file, so that only the record's CRC can tell): the
+    # records are counted from their framing, and the conversion stops at the bad record.
+    write_records(path, list(BasenjiRecords(path, statistics=os.path.join(barnyard_copy, "human", "statistics.json"))),
+                  compression="NONE")
+    bad = bytearray(open(path, "rb").read())
+    bad[12 + 100] ^= 0xFF  # record 0's payload
+    open(path, "wb").write(bytes(bad))
+    with pytest.raises(UserError, match=r"train-2\.tfr: record 0 .*CRC of the record data"):
         _prepare(barnyard_copy, tmp_path / "s")
     with pytest.raises(UserError, match="incomplete.*run the same `enformer-train prepare` command again"):
         Store(str(tmp_path / "s"), "train")
@@ -158,7 +203,7 @@ def test_other_options_restart_clean(barnyard_copy, tmp_path):
     with pytest.raises(UserError):
         _prepare(barnyard_copy, tmp_path / "s")
     open(path, "wb").write(good)
-    manifest = _prepare(barnyard_copy, tmp_path / "s", context=4096, max_shift=2)
+    manifest = _prepare(barnyard_copy, tmp_path / "s", sequence_length=4096, max_shift=2)
     assert manifest["prepare"]["files_from_earlier_runs"] == 0 and manifest["window"] == 4100
     assert os.path.getsize(tmp_path / "s" / "train.sequence.u8") == 256 * 4100
     with pytest.raises(UserError, match="holds a store made from other inputs or options"):
@@ -172,10 +217,18 @@ def test_bad_inputs(barnyard_copy, tmp_path):
     (foreign / "cat.jpg").write_bytes(b"x")
     with pytest.raises(UserError, match="exists and holds other files"):
         _prepare(barnyard_copy, foreign)
-    with pytest.raises(UserError, match=r"4 train files for 256 records, expected 2 files of 128"):
+    with pytest.raises(UserError, match=r"train-0\.tfr: 64 records, expected 128 \(--records-per-file\)"):
         _prepare(barnyard_copy, tmp_path / "a", records_per_file=128)
+    os.rename(os.path.join(folder, "tfrecords", "test-0.tfr"), os.path.join(folder, "tfrecords", "test-1.tfr"))
+    write_records(os.path.join(folder, "tfrecords", "test-0.tfr"), [])
+    write_records(os.path.join(folder, "tfrecords", "test-2.tfr"),
+                  list(BasenjiRecords(os.path.join(folder, "tfrecords", "valid-0.tfr")))[:3])
+    with pytest.raises(UserError, match=r"the 3 test files hold 35 records \(test-0\.tfr 0, test-1\.tfr 32, "
+                                        r"test-2\.tfr 3\), but .*sequences\.bed has 32 test rows"):
+        _prepare(barnyard_copy, tmp_path / "a")
+    os.remove(os.path.join(folder, "tfrecords", "test-2.tfr"))
     with pytest.raises(UserError, match=r"odd number"):
-        _prepare(barnyard_copy, tmp_path / "a", context=4097)
+        _prepare(barnyard_copy, tmp_path / "a", sequence_length=4097)
     bed = os.path.join(folder, "sequences.bed")
     lines = open(bed).read().splitlines()
     open(bed, "w").write("\n".join(lines[:-1]) + "\n")
@@ -192,7 +245,7 @@ def test_basenji_folder_as_fsspec_url(tmp_path):
     pytest.importorskip("fsspec")
     root = barnyard_dir()
     manifest = prepare(str(tmp_path / "s"), "human", os.path.join(root, "human.fa"),
-                       "file://" + os.path.join(root, "human"), context=TINY_CONTEXT, workers=2,
+                       "file://" + os.path.join(root, "human"), sequence_length=TINY_SEQUENCE_LENGTH, workers=2,
                        records_per_file=64, splits=("valid",), progress=False)
     assert manifest["splits"]["valid"]["count"] == 32
     assert open(tmp_path / "s" / "valid.target.f16", "rb").read() == \
@@ -207,3 +260,62 @@ def test_store_refuses_missing_and_damaged(tmp_path):
         f.truncate(100)
     with pytest.raises(UserError, match=r"valid\.target\.f16: 100 bytes, expected 8192"):
         Store(str(tmp_path / "s"), "valid")
+
+
+def test_store_writer_for_another_producer(tmp_path):
+    """A producer other than prepare: regions in, samples written out of order, resume, manifest."""
+    from enformer_train.data.intervals import Region
+    from enformer_train.data.store import StoreWriter
+
+    regions = {"valid": [Region("chr1", 100, 116, "valid", 1), Region("chr2", 0, 16, "valid", 2)]}
+    kw = dict(sequence_length=8, max_shift=1, target_length=2, num_targets=3, inputs={"source": "x"}, sources={"x": 1})
+    writer = StoreWriter(str(tmp_path / "s"), "human", regions, **kw)
+    assert not writer.complete and writer.done("valid") == {}
+    assert writer.window_of("valid", 0) == ("chr1", 103, 113)  # 16-bp region, 8 bp centred, 1 each side
+    target = np.arange(6, dtype=np.float32).reshape(2, 3)
+    writer.write("valid", 1, np.full(10, 2, np.uint8), target + 1)
+    writer.sync("valid")
+    writer.mark_done("valid", "b", {"n": 1})
+    writer.close()
+    with pytest.raises(UserError, match="store is incomplete"):
+        Store(str(tmp_path / "s"), "valid")
+    writer = StoreWriter(str(tmp_path / "s"), "human", regions, **kw)  # an interrupted run, resumed
+    assert writer.done("valid") == {"b": {"n": 1}}
+    writer.write("valid", 0, np.arange(10, dtype=np.uint8) % 5, target)
+    writer.close()
+    manifest = writer.finish(extra={"pool_width": 8})
+    store = Store(str(tmp_path / "s"), "valid")
+    assert manifest["pool_width"] == 8 and store.window == 10 and len(store) == 2
+    np.testing.assert_array_equal(store[0]["sequence"], np.arange(10) % 5)
+    np.testing.assert_array_equal(store[1]["target"], target + 1)
+    assert store.regions() == [("chr1", 103, 113, 1), ("chr2", 3, 13, 2)]
+    assert StoreWriter(str(tmp_path / "s"), "human", regions, **kw).complete
+    with pytest.raises(UserError, match="other inputs or options.*--restart"):
+        StoreWriter(str(tmp_path / "s"), "human", regions, **{**kw, "max_shift": 2})
+
+
+def test_store_prepared_before_the_rename_still_reads(tmp_path, capsys):
+    """Stores on users' disks call the input length "context" in their manifest and fingerprint, and
+    have the --records-per-file of their day in it."""
+    root = barnyard_dir()
+    shutil.copytree(store_dir("human"), tmp_path / "s")
+    path = tmp_path / "s" / "manifest.json"
+    manifest = json.load(open(path))
+    for d in (manifest, manifest["fingerprint"]):
+        d["context"] = d.pop("sequence_length")
+    manifest["fingerprint"]["records_per_file"] = 64  # prepare took --records-per-file then
+    json.dump(manifest, open(path, "w"))
+    store = Store(str(tmp_path / "s"), "valid")
+    assert store.sequence_length == TINY_SEQUENCE_LENGTH and store.window == TINY_SEQUENCE_LENGTH + 6
+    # the same prepare command finds it complete, as before the rename
+    again = prepare(str(tmp_path / "s"), "human", os.path.join(root, "human.fa"), os.path.join(root, "human"),
+                    sequence_length=TINY_SEQUENCE_LENGTH, max_shift=3, workers=0, records_per_file=64, progress=False)
+    assert "already complete" in capsys.readouterr().out and again["sequence_length"] == TINY_SEQUENCE_LENGTH
+
+
+def test_prepare_flag_sequence_length_is_an_alias_of_context():
+    from enformer_train.cli import build_parser
+
+    required = ["prepare", "--organism", "h", "--fasta", "f", "--basenji", "b", "--out", "o"]
+    for flag in ("--context", "--sequence-length"):
+        assert build_parser().parse_args(required + [flag, "4096"]).sequence_length == 4096

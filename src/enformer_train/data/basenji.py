@@ -1,178 +1,22 @@
 """Basenji's training data: TFRecord files of tf.train.Example records, statistics.json, targets.txt.
 
-Neither TensorFlow nor the `tfrecord` package is used: the framing (length, masked CRC-32C of the
-length, payload, masked CRC-32C of the payload), the ZLIB/GZIP compression and the small part of the
-Example protobuf that Basenji uses (a map of names to bytes_list features) are read here directly.
-So it runs beside TensorFlow in one process, checks both CRCs of every record, and streams: a file
-is never held in memory whole.
+The TFRecord framing and compression are tfrecord.py's; here is the small part of the Example
+protobuf that Basenji uses (a map of names to bytes_list features), read and written directly
+without TensorFlow, and the layout of Basenji organism folders.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import struct
-import zlib
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import UserError
 from .. import files
-from .crc32c import masked_crc32c
-
-_READ_CHUNK = 1 << 20
-_MAX_RECORD = 1 << 31  # a length beyond 2 GiB is a corrupt header, not a record
-COMPRESSIONS = ("ZLIB", "GZIP", "NONE")
-
-
-class _CorruptRecord(Exception):
-    """Raised inside the reader, turned into a UserError naming the file and the record."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Byte streams: uncompressed, ZLIB (zlib-wrapped deflate) or GZIP, read in chunks.
-
-
-class _ByteStream:
-    def __init__(self, fileobj: IO[bytes], compression: str):
-        self._file = fileobj
-        self._wbits = {"ZLIB": 15, "GZIP": 31, "NONE": None}[compression]
-        self._inflater = zlib.decompressobj(self._wbits) if self._wbits else None
-        self._chunk = memoryview(b"")
-
-    def _more(self) -> bytes:
-        """The next piece of uncompressed bytes; b'' at a clean end of the file."""
-        if self._inflater is None:
-            return self._file.read(_READ_CHUNK)
-        while True:
-            inflater = self._inflater
-            if inflater.eof:
-                # Concatenated streams (gzip members) are read one after another.
-                pending = inflater.unused_data or self._file.read(_READ_CHUNK)
-                if not pending:
-                    return b""
-                self._inflater = inflater = zlib.decompressobj(self._wbits)
-            elif inflater.unconsumed_tail:
-                pending = inflater.unconsumed_tail
-            else:
-                pending = self._file.read(_READ_CHUNK)
-                if not pending:
-                    raise _CorruptRecord("the compressed stream ends early (file truncated)")
-            try:
-                out = inflater.decompress(pending, _READ_CHUNK)
-            except zlib.error as e:
-                raise _CorruptRecord(f"compressed data is corrupt ({e})") from None
-            if out:
-                return out
-
-    def read(self, n: int) -> bytes:
-        """Exactly n bytes, or fewer only at the end of the file."""
-        if len(self._chunk) >= n:
-            out = self._chunk[:n]
-            self._chunk = self._chunk[n:]
-            return out.tobytes()
-        pieces = [self._chunk]
-        have = len(self._chunk)
-        while have < n:
-            more = self._more()
-            if not more:
-                self._chunk = memoryview(b"")
-                return b"".join(pieces)
-            more = memoryview(more)
-            take = min(n - have, len(more))
-            pieces.append(more[:take])
-            have += take
-            self._chunk = more[take:]
-        return b"".join(pieces)
-
-
-def detect_compression(path: str) -> str:
-    """'ZLIB', 'GZIP' or 'NONE' from a file's first bytes (a valid first header means uncompressed)."""
-    with files.open_binary(path) as f:
-        head = f.read(12)
-    if len(head) >= 2 and head[0] == 0x1F and head[1] == 0x8B:
-        return "GZIP"
-    if len(head) == 12 and struct.unpack("<I", head[8:12])[0] == masked_crc32c(head[:8]):
-        return "NONE"
-    if len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] * 256 + head[1]) % 31 == 0:
-        return "ZLIB"
-    if not head:
-        return "NONE"  # an empty file holds no records, whatever its compression
-    raise UserError(f"{path}: not a TFRecord file (neither uncompressed, ZLIB nor GZIP); "
-                    f"check that the download is complete")
-
-
-def read_tfrecords(path: str, compression: str = "auto") -> Iterator[bytes]:
-    """The payloads of a TFRecord file, in order, each checked against both of its CRCs.
-
-    Raises UserError naming the file and the record (counting from 0) when a record is truncated
-    or corrupt.
-    """
-    if compression == "auto":
-        compression = detect_compression(path)
-    if compression not in COMPRESSIONS:
-        raise UserError(f"{path}: unknown compression {compression!r}; expected one of {COMPRESSIONS}")
-    index = 0
-    with files.open_binary(path) as f:
-        stream = _ByteStream(f, compression)
-        try:
-            while True:
-                header = stream.read(12)
-                if not header:
-                    return
-                if len(header) < 12:
-                    raise _CorruptRecord("the file ends inside the record header (file truncated)")
-                (length,) = struct.unpack("<Q", header[:8])
-                (length_crc,) = struct.unpack("<I", header[8:])
-                if masked_crc32c(header[:8]) != length_crc:
-                    raise _CorruptRecord("the CRC of the record length does not match (corrupt data)")
-                if length > _MAX_RECORD:
-                    raise _CorruptRecord(f"impossible record length {length} (corrupt data)")
-                payload = stream.read(length)
-                footer = stream.read(4)
-                if len(payload) < length or len(footer) < 4:
-                    raise _CorruptRecord("the file ends inside the record (file truncated)")
-                if masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
-                    raise _CorruptRecord("the CRC of the record data does not match (corrupt data)")
-                yield payload
-                index += 1
-        except _CorruptRecord as e:
-            raise UserError(f"{path}: record {index} (counting from 0): {e}; "
-                            f"download this file again") from None
-
-
-class TFRecordWriter:
-    """Writes records with the standard framing; compression 'ZLIB' (Basenji's), 'GZIP' or 'NONE'."""
-
-    def __init__(self, path: str, compression: str = "ZLIB", level: int = 6):
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}")
-        self._file = open(path, "wb")
-        wbits = {"ZLIB": 15, "GZIP": 31, "NONE": None}[compression]
-        self._deflater = zlib.compressobj(level, zlib.DEFLATED, wbits) if wbits else None
-
-    def _put(self, data: bytes) -> None:
-        self._file.write(self._deflater.compress(data) if self._deflater else data)
-
-    def write(self, payload: bytes) -> None:
-        length = struct.pack("<Q", len(payload))
-        self._put(length + struct.pack("<I", masked_crc32c(length)))
-        self._put(payload)
-        self._put(struct.pack("<I", masked_crc32c(payload)))
-
-    def close(self) -> None:
-        if self._deflater:
-            self._file.write(self._deflater.flush())
-        self._file.close()
-
-    def __enter__(self) -> "TFRecordWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
+from .tfrecord import TFRecordWriter, read_tfrecords
 
 # ---------------------------------------------------------------------------------------------
 # tf.train.Example: Example{features=1: Features{feature=1: map<string, Feature>}},
@@ -281,6 +125,9 @@ class Statistics:
     num_targets: int
     crop_bp: int
     counts: dict  # split -> number of sequences (train_seqs, valid_seqs, test_seqs)
+    # baskerville's hound tools write `"seq_1hot": true` and store each sequence as [seq_length] uint8
+    # base indices (0-3 = ACGT, 4 = N), one-hot only when read; the 2021 Basenji data store one-hot bytes.
+    seq_1hot: bool = False
 
     @classmethod
     def read(cls, path: str) -> "Statistics":
@@ -294,12 +141,14 @@ class Statistics:
         counts = {k[:-5]: int(v) for k, v in raw.items() if k.endswith("_seqs")}
         return cls(seq_length=int(raw["seq_length"]), pool_width=int(raw.get("pool_width", 128)),
                    target_length=int(raw["target_length"]), num_targets=int(raw["num_targets"]),
-                   crop_bp=int(raw.get("crop_bp", 0)), counts=counts)
+                   crop_bp=int(raw.get("crop_bp", 0)), counts=counts, seq_1hot=bool(raw.get("seq_1hot", False)))
 
     def to_json(self) -> dict:
         out = {"seq_length": self.seq_length, "pool_width": self.pool_width, "crop_bp": self.crop_bp,
                "target_length": self.target_length, "num_targets": self.num_targets}
         out.update({f"{split}_seqs": n for split, n in self.counts.items()})
+        if self.seq_1hot:
+            out["seq_1hot"] = True
         return out
 
 
@@ -346,6 +195,18 @@ def onehot_to_codes(onehot: np.ndarray) -> np.ndarray:
     return np.array([4, 0, 1, 2, 3], dtype=np.uint8)[where]
 
 
+_INDEX_TO_ONEHOT = np.eye(5, 4, dtype=np.uint8)  # index 4 (N) -> the all-zero row
+
+
+def indices_to_onehot(indices: np.ndarray) -> np.ndarray:
+    """[length] uint8 base indices (baskerville: 0-3 = ACGT, 4 = N) -> [length, 4] uint8 one-hot.
+    An index above 4 raises ValueError."""
+    if indices.size and indices.max() > 4:
+        raise ValueError(f"position {int(np.argmax(indices > 4))} holds base index {int(indices.max())}, "
+                         f"expected 0-4")
+    return _INDEX_TO_ONEHOT[indices]
+
+
 def _parent(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[0] if files.is_url(path) else os.path.dirname(os.path.abspath(path))
 
@@ -354,7 +215,8 @@ class BasenjiRecords:
     """The records of one Basenji TFRecord file, or of one split of an organism folder.
 
     Yields {'sequence': uint8 one-hot [seq_length, 4], 'target': float16 [target_length, num_targets]}
-    in file order, the files in numeric order, so record i of a split is row i of that split in
+    in file order (records of either encoding, one-hot bytes or baskerville's base indices, by
+    statistics.json's seq_1hot checked against the byte count), the files in numeric order, so record i of a split is row i of that split in
     sequences.bed. Shapes come from statistics.json: the organism folder's, or for a single file the
     one in its folder or the folder above (or pass `statistics`).
     """
@@ -397,7 +259,7 @@ class BasenjiRecords:
 
     def iter_file(self, path: str) -> Iterator[dict[str, np.ndarray]]:
         stats = self.statistics
-        seq_bytes = stats.seq_length * 4
+        seq_bytes = stats.seq_length if stats.seq_1hot else stats.seq_length * 4
         target_bytes = stats.target_length * stats.num_targets * 2
         for index, payload in enumerate(read_tfrecords(path, self.compression)):
             try:
@@ -411,6 +273,13 @@ class BasenjiRecords:
                     what = "missing" if value is None else f"a {value}" if isinstance(value, str) else f"{len(value)} values"
                     raise UserError(f"{path}: record {index} (counting from 0): feature {key!r} is {what}; "
                                     f"expected one bytes value (Basenji's format)")
+                if key == "sequence" and len(value[0]) != size and len(value[0]) in (stats.seq_length,
+                                                                                     4 * stats.seq_length):
+                    stored = "one base index a byte" if len(value[0]) == stats.seq_length else "one-hot, 4 bytes a base"
+                    raise UserError(
+                        f"{path}: record {index} (counting from 0): 'sequence' has {len(value[0])} bytes "
+                        f"({stored}), but statistics.json says seq_1hot {str(stats.seq_1hot).lower()}, which "
+                        f"means {size} bytes; check that statistics.json belongs to these records")
                 if len(value[0]) != size:
                     raise UserError(
                         f"{path}: record {index} (counting from 0): {key!r} has {len(value[0])} bytes, "
@@ -418,20 +287,30 @@ class BasenjiRecords:
                         f"target_length {stats.target_length}, num_targets {stats.num_targets}); "
                         f"check that statistics.json belongs to these records")
                 arrays[key] = value[0]
+            sequence = np.frombuffer(arrays["sequence"], dtype=np.uint8)
+            if stats.seq_1hot:
+                try:
+                    sequence = indices_to_onehot(sequence)
+                except ValueError as e:
+                    raise UserError(f"{path}: record {index} (counting from 0): 'sequence': {e}") from None
             yield {
-                "sequence": np.frombuffer(arrays["sequence"], dtype=np.uint8).reshape(stats.seq_length, 4),
+                "sequence": sequence.reshape(stats.seq_length, 4),
                 "target": np.frombuffer(arrays["target"], dtype="<f2").reshape(stats.target_length,
                                                                                 stats.num_targets),
             }
 
 
-def write_records(path: str, samples, compression: str = "ZLIB") -> int:
-    """Write {'sequence': one-hot [L, 4], 'target': float16 [T, N]} samples as a Basenji TFRecord file."""
+def write_records(path: str, samples, compression: str = "ZLIB", seq_1hot: bool = False) -> int:
+    """Write {'sequence': one-hot [L, 4], 'target': float16 [T, N]} samples as a Basenji TFRecord file
+    (with seq_1hot, sequences as baskerville stores them: [L] uint8 base indices, 4 = N)."""
     n = 0
     with TFRecordWriter(path, compression) as writer:
         for sample in samples:
+            sequence = np.ascontiguousarray(sample["sequence"], dtype=np.bool_)
+            if seq_1hot:
+                sequence = np.where(sequence.any(axis=1), sequence.argmax(axis=1), 4).astype(np.uint8)
             writer.write(encode_example({
-                "sequence": np.ascontiguousarray(sample["sequence"], dtype=np.bool_).tobytes(),
+                "sequence": sequence.tobytes(),
                 "target": np.ascontiguousarray(sample["target"], dtype="<f2").tobytes(),
             }))
             n += 1

@@ -1,5 +1,9 @@
 """A FASTA genome with random access through its .fai index, and the base <-> code mapping.
 
+A plain FASTA is read by the small reader below; a bgzipped one (hg38.fa.gz with .fai and .gzi, as
+genomes are usually kept) through pyfaidx. A plain-gzip file cannot be read at random and is refused
+with the command that fixes it.
+
 Codes: A=0, C=1, G=2, T=3, anything else (N, IUPAC ambiguity codes) = 4. Lower case (soft-masked
 repeats) reads as upper case. One-hot in the ACGT channel order makes N the all-zero row, and the
 complement of code c < 4 is 3 - c.
@@ -7,6 +11,7 @@ complement of code c < 4 is 3 - c.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +37,6 @@ def encode(sequence: str | bytes) -> np.ndarray:
 def decode(codes: np.ndarray) -> str:
     """[length] codes -> 'ACGTN' text."""
     return np.frombuffer(BASES, dtype=np.uint8)[np.asarray(codes)].tobytes().decode("ascii")
-
-
-def one_hot(codes: np.ndarray) -> np.ndarray:
-    """[..., length] codes -> [..., length, 4] uint8 one-hot; N is all zeros."""
-    table = np.concatenate([np.eye(4, dtype=np.uint8), np.zeros((1, 4), dtype=np.uint8)])
-    return table[np.asarray(codes)]
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,20 @@ def build_fai(path: str) -> list[tuple[str, _Entry]]:
     return entries
 
 
+def _compression(path: str) -> str:
+    """'plain', 'bgzf' (block gzip: random access) or refuses plain gzip with the command that fixes it."""
+    with open(path, "rb") as f:
+        head = f.read(18)
+    if head[:2] != b"\x1f\x8b":
+        return "plain"
+    # BGZF: a gzip member with the FEXTRA flag and a 'BC' extra subfield (the SAM/BAM specification)
+    if len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC":
+        return "bgzf"
+    plain = path[:-3] if path.endswith(".gz") else path
+    raise UserError(f"{path} is gzip-compressed, which allows no random access; recompress it with bgzip "
+                    f"(htslib/samtools): `gunzip {path} && bgzip {plain}`")
+
+
 def _read_fai(fai: str) -> list[tuple[str, _Entry]]:
     entries = []
     with open(fai) as f:
@@ -119,6 +132,14 @@ class Genome:
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise UserError(f"{self.path}: no such FASTA file")
+        self._file = None
+        self._pid = None
+        self._bgzf = _compression(self.path) == "bgzf"
+        if self._bgzf:
+            reader = self._faidx(announce=True)
+            self.lengths = dict(zip(reader.references, reader.lengths))
+            self._index = self.lengths
+            return
         fai = self.path + ".fai"
         if os.path.exists(fai) and os.path.getmtime(fai) >= os.path.getmtime(self.path):
             entries = _read_fai(fai)
@@ -133,8 +154,6 @@ class Genome:
                 pass  # a read-only folder: keep the index in memory
         self._index = dict(entries)
         self.lengths = {name: e.length for name, e in entries}
-        self._file = None
-        self._pid = None
 
     def __contains__(self, chrom: str) -> bool:
         return chrom in self._index
@@ -143,6 +162,34 @@ class Genome:
         state = self.__dict__.copy()
         state["_file"] = state["_pid"] = None
         return state
+
+    def _faidx(self, announce: bool = False):
+        """The reader of a bgzipped FASTA, opened once a process (building .fai and .gzi if missing)."""
+        if self._file is None or self._pid != os.getpid():
+            # pysam (htslib, samtools' own library) rather than more index code of ours: random access
+            # into BGZF needs the .gzi block map and virtual offsets, and htslib is the reference that
+            # writes and reads samtools' .fai/.gzi. pyfaidx was tried first: its BGZF path fails on reads
+            # that start exactly at a block boundary ("within_block_offset 65536").
+            try:
+                import pysam
+            except ImportError as e:
+                raise UserError(f"{self.path} is bgzipped; reading it needs pysam (pip install pysam)") from e
+            missing = [p for p in (self.path + ".fai", self.path + ".gzi") if not os.path.exists(p)]
+            if missing:
+                if announce:
+                    print(f"indexing {self.path} (once): writing {' and '.join(missing)}", file=sys.stderr)
+                try:
+                    pysam.faidx(self.path)
+                except pysam.SamtoolsError as e:
+                    raise UserError(f"{self.path}: cannot index it ({str(e).strip()}); a bgzipped FASTA needs "
+                                    f"lines of equal length (rewrap with `seqkit seq -w 60`, then bgzip) and a "
+                                    f"folder where the .fai and .gzi can be written") from e
+            try:
+                self._file = pysam.FastaFile(self.path)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{self.path}: cannot open it with its index ({e})") from e
+            self._pid = os.getpid()
+        return self._file
 
     def _handle(self):
         if self._file is None or self._pid != os.getpid():
@@ -156,10 +203,16 @@ class Genome:
             raise UserError(f"{self.path}: no sequence named {chrom!r}")
         if end < start:
             raise ValueError(f"end {end} < start {start}")
-        entry = self._index[chrom]
         out = np.full(end - start, N, dtype=np.uint8)
-        lo, hi = max(start, 0), min(end, entry.length)
-        if lo < hi:
+        lo, hi = max(start, 0), min(end, self.lengths[chrom])
+        if lo < hi and self._bgzf:
+            raw = self._faidx().fetch(chrom, lo, hi).encode("ascii")
+            if len(raw) != hi - lo:
+                raise UserError(f"{self.path}: {chrom}:{lo}-{hi} reads {len(raw)} bases instead of {hi - lo}; "
+                                f"its .fai does not describe this file (was it written for another file?)")
+            out[lo - start:hi - start] = _CODE[np.frombuffer(raw, dtype=np.uint8)]
+        elif lo < hi:
+            entry = self._index[chrom]
             first = entry.offset + (lo // entry.line_bases) * entry.line_width + lo % entry.line_bases
             last = entry.offset + ((hi - 1) // entry.line_bases) * entry.line_width + (hi - 1) % entry.line_bases
             f = self._handle()
@@ -167,6 +220,7 @@ class Genome:
             raw = f.read(last - first + 1).translate(None, b"\r\n")
             if len(raw) != hi - lo:
                 raise UserError(f"{self.path}: {chrom}:{lo}-{hi} reads {len(raw)} bases instead of {hi - lo}; "
-                                f"the .fai index is stale: delete {self.path}.fai to rebuild it")
+                                f"its .fai does not describe this file (was it written for another file?); "
+                                f"rebuild it with `samtools faidx {self.path}`")
             out[lo - start:hi - start] = _CODE[np.frombuffer(raw, dtype=np.uint8)]
         return out

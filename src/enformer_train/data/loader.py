@@ -15,13 +15,14 @@ returns in order, so (rank, worker) shares are disjoint, and the batches do not 
 number of workers. Augmentation choices depend on (seed, epoch, sample) only. The loader's state is
 the number of batches it has handed out: state_dict() / load_state_dict() resume exactly.
 
-Batches: {'sequence': uint8 [batch, length] codes, 'target': float16 [batch, positions, tracks],
+Batches: {'sequence': uint8 [batch, sequence_length] codes, 'target': float16 [batch, positions, tracks],
 'index': int64 [batch] sample numbers, 'shift': int64 [batch], 'reverse_complement': bool [batch]}.
 `to_device` makes the one-hot float input and float32 targets on the device.
 """
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -29,34 +30,48 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import UserError
-from .augment import COMPLEMENT, Augment, Fixed
+from ..model.enformer import one_hot
+from .augment import COMPLEMENT, Augment, FixedView, window_margin
+
+# Salt of the epoch permutation's random stream: Augment draws from (seed, epoch, sample, AUGMENT_SALT),
+# and this one keeps (seed, epoch, ...) for the order apart from it.
+EPOCH_ORDER_SALT = 0x5A3D
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which share of a split a process reads: rank `rank` of `world_size` ranks. A
+    train.distributed.World has these two fields too and is passed in place of a Shard."""
+
+    rank: int = 0
+    world_size: int = 1
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """[num_samples] sample numbers of one epoch: a permutation from (seed, epoch), or 0..n-1."""
     if not shuffle:
         return np.arange(num_samples, dtype=np.int64)
-    return np.random.default_rng([seed, epoch, 0x5A3D]).permutation(num_samples).astype(np.int64)
+    return np.random.default_rng([seed, epoch, EPOCH_ORDER_SALT]).permutation(num_samples).astype(np.int64)
 
 
-def rank_share(num_samples: int, seed: int, epoch: int, rank: int, world_size: int, train: bool) -> np.ndarray:
-    """The sample numbers rank `rank` reads in `epoch`, in order."""
+def rank_share(num_samples: int, seed: int, epoch: int, shard: Shard, train: bool) -> np.ndarray:
+    """The sample numbers rank shard.rank reads in `epoch`, in order."""
     order = epoch_order(num_samples, seed, epoch, shuffle=train)
     if train:
-        order = order[:(num_samples // world_size) * world_size]
-    return order[rank::world_size]
+        order = order[:(num_samples // shard.world_size) * shard.world_size]
+    return order[shard.rank::shard.world_size]
 
 
 class _Batches(IterableDataset):
     """Batches start, start + 1, ... of one rank; each DataLoader worker builds every num_workers-th."""
 
-    def __init__(self, store, batch_size: int, train: bool, seed: int, rank: int, world_size: int,
-                 augment, length: int, start: int):
+    def __init__(self, store, batch_size: int, train: bool, seed: int, shard: Shard,
+                 augment, sequence_length: int, start: int):
         self.store, self.batch_size, self.train, self.seed = store, batch_size, train, seed
-        self.rank, self.world_size, self.augment, self.length, self.start = rank, world_size, augment, length, start
+        self.shard, self.augment, self.sequence_length, self.start = shard, augment, sequence_length, start
 
     def steps_per_epoch(self) -> int:
-        share = len(rank_share(len(self.store), self.seed, 0, self.rank, self.world_size, self.train))
+        share = len(rank_share(len(self.store), self.seed, 0, self.shard, self.train))
         return share // self.batch_size if self.train else -(-share // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -71,14 +86,14 @@ class _Batches(IterableDataset):
             epoch, step = divmod(k, steps)
             if epoch != cached_epoch:
                 cached_epoch = epoch
-                share = rank_share(len(self.store), self.seed, epoch, self.rank, self.world_size, self.train)
+                share = rank_share(len(self.store), self.seed, epoch, self.shard, self.train)
             indices = share[step * self.batch_size:(step + 1) * self.batch_size]
             yield self.build(indices, epoch, shared=info is not None)
 
     def build(self, indices: np.ndarray, epoch: int, shared: bool = False) -> dict[str, torch.Tensor]:
         """Read, augment and collate the samples `indices` into one batch."""
         store, n = self.store, len(indices)
-        sequence = torch.empty((n, self.length), dtype=torch.uint8)
+        sequence = torch.empty((n, self.sequence_length), dtype=torch.uint8)
         target = torch.empty((n, store.target_length, store.num_targets), dtype=torch.float16)
         if shared:  # built straight into shared memory: no copy when the batch crosses to the trainer
             sequence.share_memory_()
@@ -90,11 +105,11 @@ class _Batches(IterableDataset):
         scratch = permuted = None
         strand_pair = store.strand_pair
         identity = np.array_equal(strand_pair, np.arange(len(strand_pair)))
-        margin = (store.window - self.length) // 2
+        margin = window_margin(store.window, self.sequence_length)
         for j, i in enumerate(indices):
             shifts[j], reverse[j] = self.augment.choose(self.seed, epoch, int(i))
             store.read_sequence(i, out=window)
-            cut = window[margin + shifts[j]:margin + shifts[j] + self.length]
+            cut = window[margin + shifts[j]:margin + shifts[j] + self.sequence_length]
             if reverse[j]:
                 np.take(COMPLEMENT, cut[::-1], out=seq_np[j])
                 scratch = store.read_target(i, out=scratch)
@@ -115,39 +130,53 @@ class _Batches(IterableDataset):
 class Loader:
     """Batches of one store split for one rank. Training: shuffled, augmented, endless. Evaluation:
     every sample of the rank's share once, in order, not augmented (unless `augment` is given, e.g.
-    augment.Fixed(0, True) for test-time averaging).
+    augment.FixedView(0, True) for test-time averaging).
 
-    `context` (default the store's) crops the centre of the stored windows; `pin_memory` defaults to
-    whether CUDA is available.
+    store: a Store (one split). batch_size: samples per batch on this rank.
+    train: shuffle each epoch, drop the samples that do not fill whole batches on every rank, and
+        never end; otherwise one pass over every sample of the rank's share, the last batch short.
+    seed: the epoch permutations and the augmentation choices are functions of it (and of the
+        epoch and the sample), and it seeds the DataLoader's own generator.
+    shard: this process's rank and the number of ranks (a Shard, or train.distributed.World).
+    num_workers: DataLoader worker processes (0: build batches in this process); batches and
+        their order do not depend on it.
+    augment: how each sample is shifted and reverse-complemented: default Augment(store.max_shift)
+        when training, FixedView() (none) otherwise.
+    sequence_length: bp of each input, cropped from the centre of the stored windows (default the
+        store's); the windows' margin must leave room for augment's shifts.
+    pin_memory: page-locked batches for faster copies to a GPU (default: whether CUDA is available).
+    prefetch_factor: batches each worker builds ahead.
     """
 
-    def __init__(self, store, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, augment: Augment | Fixed | None = None, context: int | None = None,
+    def __init__(self, store, batch_size: int, *, train: bool, seed: int = 0, shard: Shard = Shard(),
+                 num_workers: int = 0, augment: Augment | FixedView | None = None, sequence_length: int | None = None,
                  pin_memory: bool | None = None, prefetch_factor: int = 2):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if not 0 <= shard.rank < shard.world_size:
+            raise ValueError(f"rank {shard.rank} outside world size {shard.world_size}")
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        length = store.context if context is None else context
-        augment = augment if augment is not None else (Augment(store.max_shift) if train else Fixed())
-        margin = store.window - length
-        if margin < 0 or margin % 2 or margin // 2 < augment.max_shift:
-            raise UserError(f"{store.path}: windows of {store.window} bp cannot give {length}-bp inputs with shifts "
-                            f"of up to {augment.max_shift} (centred, with an even margin); use a smaller context or "
-                            f"max_shift, or prepare the store with a larger --context / --max-shift")
+        sequence_length = store.sequence_length if sequence_length is None else sequence_length
+        augment = augment if augment is not None else (Augment(store.max_shift) if train else FixedView())
+        try:
+            window_margin(store.window, sequence_length, augment.max_shift)
+        except ValueError:
+            raise UserError(f"{store.path}: windows of {store.window} bp cannot give {sequence_length}-bp inputs "
+                            f"with shifts of up to {augment.max_shift} (centred, with an even margin); use a smaller "
+                            f"sequence_length or max_shift, or prepare the store with a larger --context / "
+                            f"--max-shift") from None
         self.store, self.batch_size, self.train, self.seed = store, batch_size, train, seed
-        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.augment, self.length, self.prefetch_factor = augment, length, prefetch_factor
+        self.shard, self.num_workers = Shard(shard.rank, shard.world_size), num_workers
+        self.augment, self.sequence_length, self.prefetch_factor = augment, sequence_length, prefetch_factor
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._handed_out = 0
         self._steps = self._dataset(0).steps_per_epoch()
         if self._steps == 0:
             raise UserError(f"{store.path}: the {store.split} split has {len(store)} samples, too few for batches of "
-                            f"{batch_size} on each of {world_size} ranks; use a smaller batch size")
+                            f"{batch_size} on each of {shard.world_size} ranks; use a smaller batch size")
 
     def _dataset(self, start: int) -> _Batches:
-        return _Batches(self.store, self.batch_size, self.train, self.seed, self.rank, self.world_size,
-                        self.augment, self.length, start)
+        return _Batches(self.store, self.batch_size, self.train, self.seed, self.shard,
+                        self.augment, self.sequence_length, start)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -177,11 +206,11 @@ class Loader:
 
     def state_dict(self) -> dict:
         return {"epoch": self._handed_out // self._steps, "position": self._handed_out % self._steps,
-                "seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
-                "rank": self.rank, "num_samples": len(self.store)}
+                "seed": self.seed, "batch_size": self.batch_size, "world_size": self.shard.world_size,
+                "rank": self.shard.rank, "num_samples": len(self.store)}
 
     def load_state_dict(self, state: dict) -> None:
-        now = {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
+        now = {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.shard.world_size,
                "num_samples": len(self.store)}
         for key, value in now.items():
             if state[key] != value:
@@ -209,9 +238,6 @@ class Paired:
             loader.load_state_dict(state[name])
 
 
-_ONE_HOT = {}
-
-
 def to_device(batch: dict, device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict:
     """Move a batch to `device`: 'sequence' becomes one-hot [batch, length, 4] of `dtype` (N = zeros)
     and 'target' float32 there; the conversions run on the device, after the small uint8 copy."""
@@ -221,12 +247,7 @@ def to_device(batch: dict, device: torch.device | str, dtype: torch.dtype = torc
         if isinstance(value, dict):
             out[key] = to_device(value, device, dtype)
         elif key == "sequence":
-            codes = value.to(device, non_blocking=True)
-            table = _ONE_HOT.get((device, dtype))
-            if table is None:
-                table = torch.cat([torch.eye(4), torch.zeros(1, 4)]).to(device=device, dtype=dtype)
-                _ONE_HOT[(device, dtype)] = table
-            out[key] = table[codes.long()]
+            out[key] = one_hot(value.to(device, non_blocking=True), dtype)
         elif key == "target":
             out[key] = value.to(device, non_blocking=True).float()
         elif isinstance(value, torch.Tensor):

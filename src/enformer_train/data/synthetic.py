@@ -10,6 +10,8 @@ writes, for a "human" and a "mouse" genome:
     OUT/human/statistics.json               seq_length, pool_width, crop_bp, target_length, num_targets, *_seqs
     OUT/human/targets.txt                   index, genome, identifier, file, clip, scale, sum_stat, description
     OUT/human/tfrecords/train-0.tfr ...     ZLIB TFRecords, 256 tf.train.Example records a file
+    OUT/human/bigwig/targets.txt, *.bw      the human tracks as genome-wide bigWig coverage, for
+                                            `prepare --targets` (where pyBigWig is installed)
 
 How targets depend on the sequence (the same for both organisms, with different track mixtures):
 - promoter motifs (10-mers, found by scanning the final genome, so chance matches count too) put a
@@ -21,6 +23,11 @@ How targets depend on the sequence (the same for both organisms, with different 
   1,024-bp flanks of its 6,144-bp records, so a tiny model trained on the records sees every enhancer
   that matters, and about 70% of the promoters have one;
 - counts are Poisson around baseline + signal, stored as float16.
+
+The bigWigs hold, per track, Poisson counts drawn for every 128-bp bin of the genome grid (the
+same rates as the records), spread evenly over the bin's bases, and no data over each chromosome's
+leading N run: sum-pooling a grid-aligned span gives the counts back. They are drawn apart from the
+records (own random stream), so the records are the same with or without them.
 """
 from __future__ import annotations
 
@@ -32,8 +39,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .basenji import TFRecordWriter, encode_example
-from .genome import encode, one_hot
+from ..codes import one_hot
+from .basenji import write_records
+from .genome import encode
 
 SPLITS = ("train", "valid", "test")
 MOTIF_LENGTH = 10
@@ -251,9 +259,49 @@ def _write_fasta(path: str, sequences: dict[str, np.ndarray], width: int = 60) -
             f.write(b"".join(data[i:i + width] + b"\n" for i in range(0, len(data), width)))
 
 
+def _write_bigwigs(folder: str, organism: _Organism, seed: int) -> str:
+    """The organism's tracks as bigWigs of base coverage, and a targets.txt naming them; returns its path."""
+    import pyBigWig
+
+    c = organism.config
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    counts = {}  # chrom -> [bins, tracks]
+    for chrom, size in organism.chroms.items():
+        bins = size // c.pool_width
+        rates = np.concatenate([organism.rates(chrom, first - c.crop_bp)
+                                for first in range(0, bins * c.pool_width, c.target_length * c.pool_width)])
+        counts[chrom] = rng.poisson(rates[:bins])
+    for t, track in enumerate(organism.tracks):
+        bw = pyBigWig.open(os.path.join(folder, f"{track.identifier}.bw"), "w")
+        bw.addHeader(list(organism.chroms.items()))
+        for chrom, size in organism.chroms.items():
+            gap = int(np.argmax(organism.sequences[chrom] != ord("N")))  # no data over the leading N run
+            first = -(-gap // c.pool_width)
+            values = counts[chrom][first:, t] / c.pool_width
+            bw.addEntries(chrom, first * c.pool_width, values=values.tolist(), span=c.pool_width, step=c.pool_width)
+        bw.close()
+    path = os.path.join(folder, "targets.txt")
+    with open(path, "w") as f:
+        f.write("index\tidentifier\tfile\tclip\tclip_soft\tscale\tsum_stat\tdescription\n")
+        for i, track in enumerate(organism.tracks):
+            f.write(f"{i}\t{track.identifier}\t{track.identifier}.bw\t384\t\t1\tsum\t{track.description}\n")
+    return path
+
+
 def write_barnyard(out: str, config: BarnyardConfig | None = None,
-                   organisms: tuple[str, ...] = ("human", "mouse")) -> dict[str, dict[str, str]]:
-    """Write the barnyard under `out`; returns {organism: {'fasta': path, 'folder': path}}."""
+                   organisms: tuple[str, ...] = ("human", "mouse"), bigwigs: bool | None = None
+                   ) -> dict[str, dict[str, str]]:
+    """Write the barnyard under `out`; returns {organism: {'fasta': path, 'folder': path}} (and
+    'targets': the bigWigs' targets.txt for human). `bigwigs`: write the human bigWigs (None: where
+    pyBigWig is installed)."""
+    if bigwigs is None:
+        try:
+            import pyBigWig  # noqa: F401
+
+            bigwigs = True
+        except ImportError:
+            bigwigs = False
     config = config or BarnyardConfig.tiny()
     config.check()
     os.makedirs(out, exist_ok=True)
@@ -275,14 +323,10 @@ def write_barnyard(out: str, config: BarnyardConfig | None = None,
             counts[split] = len(rows)
             for part in range(max(1, -(-len(rows) // config.records_per_file))):
                 chunk = rows[part * config.records_per_file:(part + 1) * config.records_per_file]
-                with TFRecordWriter(os.path.join(folder, "tfrecords", f"{split}-{part}.tfr"), "ZLIB") as w:
-                    for chrom, start, end, _ in chunk:
-                        codes = encode(organism.sequences[chrom][start:end].tobytes())
-                        counts_ = rng.poisson(organism.rates(chrom, start)).astype(np.float16)
-                        w.write(encode_example({
-                            "sequence": one_hot(codes).astype(np.bool_).tobytes(),
-                            "target": counts_.astype("<f2").tobytes(),
-                        }))
+                samples = ({"sequence": one_hot(encode(organism.sequences[chrom][start:end].tobytes())),
+                            "target": rng.poisson(organism.rates(chrom, start)).astype(np.float16)}
+                           for chrom, start, end, _ in chunk)
+                write_records(os.path.join(folder, "tfrecords", f"{split}-{part}.tfr"), samples)
         stats = {"num_targets": len(organism.tracks), "seq_length": config.seq_length,
                  "pool_width": config.pool_width, "crop_bp": config.crop_bp,
                  "target_length": config.target_length}
@@ -297,6 +341,9 @@ def write_barnyard(out: str, config: BarnyardConfig | None = None,
         with open(os.path.join(out, "barnyard.json"), "w") as f:
             json.dump(asdict(config), f, indent=2)
         written[name] = {"fasta": fasta, "folder": folder}
+        if bigwigs and name == "human":
+            written[name]["targets"] = _write_bigwigs(os.path.join(folder, "bigwig"), organism,
+                                                      seed=config.seed * 1000 + k + 900)
     return written
 
 

@@ -1,0 +1,106 @@
+"""Training regions for bigWig coverage: tiling a genome (`enformer-train regions`) and checking a
+regions BED against the windows that `prepare --targets` will cut from it.
+
+A regions BED is Basenji's sequences.bed: chrom, start, end, split (train/valid/test), all regions the
+same length. The input window (`context` bp) and the target span (target_length x 128 bp) are both
+centred on each region.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from ..errors import UserError
+from .coverage import POOL_WIDTH, blacklist_in, read_blacklist
+from .genome import N, Genome
+from .intervals import SPLITS, Region, read_bed
+
+
+def tile(genome: Genome, length: int, stride: int | None = None, valid_chroms=(), test_chroms=(),
+         max_n: float = 0.35, blacklist: dict[str, np.ndarray] | None = None) -> list[Region]:
+    """Windows of `length` bp every `stride` bp (default: `length`, no overlap) from each chromosome's
+    start, whole windows only, chromosomes in FASTA order. A window whose N and blacklisted bases
+    together exceed `max_n` of it is skipped. Split by chromosome: valid_chroms -> valid,
+    test_chroms -> test, the rest train."""
+    stride = stride or length
+    if length <= 0 or stride <= 0:
+        raise UserError("--length and --stride must be positive")
+    if not 0 <= max_n <= 1:
+        raise UserError(f"--max-n {max_n}: expected a fraction between 0 and 1")
+    for flag, chroms in (("--valid-chroms", valid_chroms), ("--test-chroms", test_chroms)):
+        for chrom in chroms:
+            if chrom not in genome.lengths:
+                raise UserError(f"{flag}: {chrom!r} is not a sequence of {genome.path}")
+    both = set(valid_chroms) & set(test_chroms)
+    if both:
+        raise UserError(f"{sorted(both)[0]!r} is in both --valid-chroms and --test-chroms")
+    blacklist = blacklist or {}
+    out = []
+    for chrom, size in genome.lengths.items():
+        split = "valid" if chrom in valid_chroms else "test" if chrom in test_chroms else "train"
+        for start in range(0, size - length + 1, stride):
+            bad = genome.fetch(chrom, start, start + length) == N
+            for s, e in blacklist_in(blacklist, chrom, start, start + length):
+                bad[s:e] = True
+            if bad.mean() <= max_n:
+                out.append(Region(chrom, start, start + length, split, 0))
+    return out
+
+
+def add_regions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fasta", required=True, help="genome FASTA, plain or bgzipped (.fa.gz); its index is built if missing")
+    parser.add_argument("--length", type=int, required=True, help="region length in bp, e.g. 131072")
+    parser.add_argument("--stride", type=int, help="bp between region starts (default: --length, no overlap)")
+    parser.add_argument("--valid-chroms", nargs="*", default=[], metavar="CHROM", help="chromosomes held out for validation")
+    parser.add_argument("--test-chroms", nargs="*", default=[], metavar="CHROM", help="chromosomes held out for testing")
+    parser.add_argument("--max-n", type=float, default=0.35,
+                        help="skip a region whose N and blacklisted bases exceed this fraction (default 0.35)")
+    parser.add_argument("--blacklist", metavar="BED", help="blacklisted intervals (e.g. ENCODE's), counted as N")
+
+
+def run_regions(args: argparse.Namespace, out=None) -> None:
+    out = out or sys.stdout
+    genome = Genome(args.fasta)
+    regions = tile(genome, args.length, args.stride, args.valid_chroms, args.test_chroms, args.max_n,
+                   read_blacklist(args.blacklist, widen=0))
+    if not regions:
+        raise UserError(f"{args.fasta}: no region of {args.length} bp passes --max-n {args.max_n}; "
+                        f"use shorter regions or a larger --max-n")
+    for r in regions:
+        out.write(f"{r.chrom}\t{r.start}\t{r.end}\t{r.split}\n")
+    counts = {s: sum(r.split == s for r in regions) for s in SPLITS}
+    print(f"{len(regions)} regions of {args.length} bp: " + ", ".join(f"{s} {n}" for s, n in counts.items()),
+          file=sys.stderr)
+
+
+def read_regions(path: str, genome: Genome, sequence_length: int, target_length: int,
+                 pool_width: int = POOL_WIDTH) -> list[Region]:
+    """The regions of a regions BED, checked for `prepare --targets`: one length for all, windows and
+    target spans centred (even differences), each target span inside its chromosome."""
+    regions = read_bed(path, genome)
+    if not regions:
+        raise UserError(f"{path}: no regions")
+    length = len(regions[0])
+    span = target_length * pool_width
+    for region in regions:
+        where = f"{path}, line {region.line}"
+        if len(region) != length:
+            raise UserError(f"{where}: region of {len(region)} bp, but line {regions[0].line} has {length} bp; "
+                            f"all regions must have the same length")
+        start = region.start + (length - span) // 2
+        if start < 0 or start + span > genome.lengths[region.chrom]:
+            raise UserError(f"{where}: the target span {region.chrom}:{start}-{start + span} "
+                            f"({target_length} x {pool_width} bp centred on the region) leaves the chromosome "
+                            f"({genome.lengths[region.chrom]} bp); drop the region or move it inward")
+    for name, size in (("--context", sequence_length), ("--target-length x 128", span)):
+        if (length - size) % 2:
+            raise UserError(f"{name} ({size} bp) differs from the {length}-bp regions of {path} by an odd number, "
+                            f"so it cannot be centred on them; use an even difference")
+    return regions
+
+
+def target_start(region: Region, target_length: int, pool_width: int = POOL_WIDTH) -> int:
+    """First base of the target span centred on the region."""
+    return region.start + (len(region) - target_length * pool_width) // 2
