@@ -43,3 +43,31 @@ def test_rng_state_round_trip():
     set_rng_state(state, torch.device("cpu"))
     b = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
+
+
+def test_train_refuses_a_folder_holding_a_run_without_resume(tmp_path, capsys):
+    from enformer_train.cli import main
+    from enformer_train.train.checkpoint import run_reached
+    from train_helpers import overrides
+
+    run_dir = tmp_path / "run"
+    args = overrides(run_dir, 2, 4, "train.checkpoint_every=1", "train.keep_checkpoints=1", "train.eval_batches=1")
+    assert run_reached(run_dir) is None
+    assert main(["train", *args]) == 0
+    before = {p.name: p.read_bytes() for p in [run_dir / "metrics.jsonl", run_dir / "model.safetensors",
+                                               *(run_dir / "checkpoints").iterdir()]}
+    capsys.readouterr()
+    assert main(["train", *args[:-1], "train.steps=1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"enformer-train train: error: {run_dir}: holds a run to step 2: --resume to "
+                                "continue, or another train.run_dir"]
+    after = {p.name: p.read_bytes() for p in [run_dir / "metrics.jsonl", run_dir / "model.safetensors",
+                                              *(run_dir / "checkpoints").iterdir()]}
+    assert after == before  # nothing of the first run was touched
+    # a folder with only a model file, or only logged metrics, holds a run too
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"x")
+    assert run_reached(tmp_path / "m") == 0
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "metrics.jsonl").write_text('{"step": 7}\n{"ste')
+    assert run_reached(tmp_path / "j") == 7

@@ -1,9 +1,12 @@
 """Distributed validation equals one process; `enformer-train evaluate` writes per-track CSV and a summary."""
+import argparse
+import collections
 import csv
 import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -12,7 +15,8 @@ from enformer_train import Enformer
 from enformer_train.cli import main
 from enformer_train.data.store import Store
 from enformer_train.train.distributed import setup, teardown
-from enformer_train.train.evaluate import evaluate_store
+from enformer_train.infer import load
+from enformer_train.train.evaluate import assay_tracks, evaluate_store
 from model_helpers import randomise_, tiny_config
 from train_helpers import overrides, run
 
@@ -75,6 +79,28 @@ def test_pearson_from_running_sums_is_per_track_over_all_bins():
     assert abs(stats.summary()["pearson_r"] - float(torch.stack(expected).mean())) < 1e-12
 
 
+def test_assay_types_by_description_prefix_and_the_figure(tmp_path):
+    from enformer_train.train.evaluate import ASSAY_PREFIXES, write_results
+    from enformer_train.train.metrics import TrackStats
+
+    descriptions = ["CAGE:liver", "DNASE:K562", "ATAC:heart", "CHIP:H3K27ac:K562", "cage:brain", "RNA:liver"]
+    assert [next((n for n, p in ASSAY_PREFIXES.items() if d.upper().startswith(p)), None) for d in descriptions] == \
+        ["CAGE", "DNASE/ATAC", "DNASE/ATAC", "CHIP", "CAGE", None]
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(4, 8, 6, generator=g, dtype=torch.float64)
+    target = pred * torch.linspace(-1, 1, 6, dtype=torch.float64) + 0.2 * torch.rand(4, 8, 6, generator=g, dtype=torch.float64)
+    stats = TrackStats(6, torch.device("cpu"))
+    stats.update(pred, target)
+    r = stats.per_track()["pearson_r"]
+    assays = {"CAGE": [0, 4], "DNASE/ATAC": [1, 2], "CHIP": [3]}
+    summary = write_results(tmp_path, {"human": (stats, assays, [])}, {"split": "test"})["organisms"]["human"]
+    assert summary["pearson_r_by_assay"] == pytest.approx({"CAGE": float(r[[0, 4]].mean()),
+                                                           "DNASE/ATAC": float(r[[1, 2]].mean()), "CHIP": float(r[3])})
+    assert summary["pearson_r_cage"] == pytest.approx(float(r[[0, 4]].mean()))
+    assert summary["pearson_r"] == pytest.approx(float(r.mean()))
+    assert (tmp_path / "evaluate-human.png").stat().st_size > 10_000
+
+
 def test_evaluate_command_writes_tracks_and_summary(tmp_path, capsys):
     run(1, overrides(tmp_path / "run", 2, 4))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
@@ -83,9 +109,21 @@ def test_evaluate_command_writes_tracks_and_summary(tmp_path, capsys):
     assert set(summary["organisms"]) == {"human", "mouse"}
     assert summary["organisms"]["human"]["bins"] == 32 * 16
     rows = list(csv.DictReader((tmp_path / "ev" / "tracks-mouse.csv").open()))
-    assert len(rows) == 6 and set(rows[0]) == {"track", "pearson_r", "r2", "poisson_loss"}
+    assert len(rows) == 6 and list(rows[0]) == ["track", "identifier", "description", "pearson_r", "r2", "poisson_loss"]
+    targets = list(csv.DictReader(open(os.path.join(store_dir("mouse"), "targets.txt")), delimiter="\t"))
+    assert [r["description"] for r in rows] == [t["description"] for t in targets] and rows[0]["description"]
     mean = sum(float(r["pearson_r"]) for r in rows) / 6
     assert abs(mean - summary["organisms"]["mouse"]["pearson_r"]) < 1e-5
+    # the mean R per assay type (by the description's prefix) and the figure of its distribution
+    for organism in ("human", "mouse"):
+        rows = list(csv.DictReader((tmp_path / "ev" / f"tracks-{organism}.csv").open()))
+        config = load(str(tmp_path / "run")).config
+        groups = assay_tracks(Store(config.data.stores[organism], "test"))
+        assert set(groups) == {"CAGE", "DNASE/ATAC", "CHIP"}
+        by_assay = summary["organisms"][organism]["pearson_r_by_assay"]
+        for name, tracks in groups.items():
+            assert abs(by_assay[name] - sum(float(rows[t]["pearson_r"]) for t in tracks) / len(tracks)) < 1e-5
+        assert (tmp_path / "ev" / f"evaluate-{organism}.png").stat().st_size > 10_000
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--split", "test", "--out", str(tmp_path / "tta"),
                  "--tta"]) == 0
     tta = json.loads((tmp_path / "tta" / "summary.json").read_text())
@@ -93,3 +131,33 @@ def test_evaluate_command_writes_tracks_and_summary(tmp_path, capsys):
     assert tta["organisms"]["human"]["pearson_r"] != summary["organisms"]["human"]["pearson_r"]
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--split", "test", "--out", str(tmp_path / "x")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
+
+    # a model file (released weights, or a run's model.safetensors) with the stores to evaluate on
+    weights = str(tmp_path / "run" / "model.safetensors")
+    assert main(["evaluate", "--checkpoint", weights, "--split", "test", "--out", str(tmp_path / "w")]) == 1
+    assert "a model file names no stores; give --store STORE" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", weights, "--store", store_dir("human"), "--store",
+                 f"mouse={store_dir('mouse')}", "--split", "test", "--out", str(tmp_path / "w")]) == 0
+    from_weights = json.loads((tmp_path / "w" / "summary.json").read_text())
+    for organism in ("human", "mouse"):
+        assert abs(from_weights["organisms"][organism]["pearson_r"] - summary["organisms"][organism]["pearson_r"]) < 1e-6
+    assert main(["evaluate", "--checkpoint", weights, "--store", f"rat={store_dir('human')}", "--split", "test",
+                 "--out", str(tmp_path / "w")]) == 1
+    assert "the model has no head 'rat' (heads: human, mouse)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["random", "pickle"])
+def test_evaluate_and_convert_on_foreign_files_say_what_is_expected(tmp_path, capsys, content):
+    path = tmp_path / "model.pt"
+    if content == "random":
+        path.write_bytes(os.urandom(4096))
+    else:
+        torch.save({"model": collections.OrderedDict(a=torch.zeros(1)), "optimizer": argparse.Namespace(lr=1)}, path)
+    assert main(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "x")]) == 1
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 1
+    evaluate_err, convert_err = capsys.readouterr().err.strip().splitlines()
+    for err in (evaluate_err, convert_err):
+        assert "weights_only" not in err and "trust" not in err, err
+    what = "not a PyTorch file" if content == "random" else "holds Python objects besides tensors"
+    assert what in evaluate_err and "expected a training checkpoint" in evaluate_err
+    assert what in convert_err and "expected an enformer-pytorch state dict" in convert_err

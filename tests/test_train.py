@@ -16,7 +16,7 @@ from enformer_train.data.loader import Loader
 from enformer_train.data.store import Store
 from enformer_train.train.checkpoint import list_checkpoints, load_checkpoint
 from enformer_train.train.logging import read_metrics
-from train_helpers import command, env, overrides, run
+from train_helpers import command, env, overrides, run, threads_of_one_in
 
 
 def _losses(run_dir):
@@ -24,7 +24,7 @@ def _losses(run_dir):
 
 
 def test_two_ranks_with_batch_b_equal_one_rank_with_batch_2b(tmp_path):
-    run(1, overrides(tmp_path / "one", 4, 4))
+    run(1, overrides(tmp_path / "one", 4, 4), extra_env=threads_of_one_in(2))
     run(2, overrides(tmp_path / "two", 4, 4))  # global batch 4 = 2 per rank
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert [s for s, *_ in one] == [1, 2, 3, 4]
@@ -105,7 +105,7 @@ def test_killed_worker_is_restarted_and_the_run_finishes(tmp_path):
 
 
 def _batches_with(store_path, index, steps, batch):
-    loader = Loader(Store(store_path, "train"), batch, train=True, seed=42, context=6144)
+    loader = Loader(Store(store_path, "train"), batch, train=True, seed=42, sequence_length=6144)
     hits = 0
     for step, b in zip(range(steps), loader):
         hits += int(index in b["index"].tolist())
@@ -150,7 +150,7 @@ def test_bad_config_is_one_line(tmp_path):
 
 
 def test_summed_update_on_two_ranks_equals_one_rank(tmp_path):
-    run(1, overrides(tmp_path / "one", 3, 4, "train.update=sum"))
+    run(1, overrides(tmp_path / "one", 3, 4, "train.update=sum"), extra_env=threads_of_one_in(2))
     run(2, overrides(tmp_path / "two", 3, 4, "train.update=sum"))
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     np.testing.assert_allclose(np.array(two)[:, 1:], np.array(one)[:, 1:], rtol=1e-5)
@@ -158,7 +158,7 @@ def test_summed_update_on_two_ranks_equals_one_rank(tmp_path):
     metrics = [m for m in read_metrics(tmp_path / "one") if "loss/human" in m]
     assert all("grad_norm" in m and "grad_norm/human" not in m for m in metrics)
     # alternating: the mouse batch of step 1 already sees the human update; summed: it does not
-    run(1, overrides(tmp_path / "alt", 3, 4))
+    run(1, overrides(tmp_path / "alt", 3, 4), extra_env=threads_of_one_in(2))
     alt = _losses(tmp_path / "alt")
     assert alt[0][1] == one[0][1] and alt[0][2] != one[0][2]
 

@@ -39,8 +39,20 @@ def command(nproc: int, args: list[str], torchrun_args: tuple[str, ...] = ()) ->
             *torchrun_args, "-m", "enformer_train", "train", *args]
 
 
-def run(nproc: int, args: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(command(nproc, args), env=env(), capture_output=True, text=True, timeout=600, **kw)
+def threads_of_one_in(nproc: int) -> dict:
+    """Environment for a one-process run that uses as many intra-op threads as each process of an
+    `nproc`-process run (train/distributed.py gives each cpu_count // nproc). A 1-rank vs n-rank
+    comparison needs it: with other thread counts, CPU kernels split their reductions differently
+    (seen on torch 2.4: ~1e-7 apart), and Adam's first steps turn round-off in near-zero gradients
+    into steps of nearly the learning rate (q, k and v get their first gradient at step 2, the
+    attention output layer being zero-initialised: an update of about 0.74 lr x sign(g))."""
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+
+
+def run(nproc: int, args: list[str], check: bool = True, extra_env: dict | None = None,
+        **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command(nproc, args), env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                          timeout=600, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"train exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc

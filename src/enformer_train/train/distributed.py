@@ -1,7 +1,11 @@
 """One process or many: torchrun's environment, the process group and the device."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,8 +31,11 @@ class World:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> World:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1; choose the device."""
+def setup(device: str = "auto", collective_timeout_s: float | None = None, command: str = "train") -> World:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1; choose the device.
+
+    With `collective_timeout_s` (train.collective_timeout_s), every collective is watched: a rank
+    that waits longer than that for the others ends its process with one line (see Watchdog)."""
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -47,41 +54,200 @@ def setup(device: str = "auto") -> World:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     else:
         raise UserError(f"train.device must be auto, cpu or cuda, got {device!r}")
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_launcher()
+    if world_size > 1 and collective_timeout_s:
+        watch_collectives(collective_timeout_s, rank, world_size, command)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-        if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
-            # After a restart under torchrun, the workers of the new round must not read the
-            # connection keys the dead round left in the agent's store (gloo would dial ports that
-            # are gone and wait out its timeout): keys live under a prefix per restart.
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                                  is_master=False, timeout=timedelta(minutes=30))
-            kwargs["store"] = dist.PrefixStore(f"enformer-train/restart-{restart}", store)
-            kwargs.update(rank=rank, world_size=world_size)
-        dist.init_process_group(backend, timeout=timedelta(minutes=30), **kwargs)
+        with watching("the process group's rendezvous (init_process_group)"):
+            _init_process_group(dev, rank, world_size, collective_timeout_s)
     return World(rank, world_size, local_rank, dev)
 
 
+def _init_process_group(dev: torch.device, rank: int, world_size: int, collective_timeout_s: float | None) -> None:
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+        # After a restart under torchrun, the workers of the new round must not read the
+        # connection keys the dead round left in the agent's store (gloo would dial ports that
+        # are gone and wait out its timeout): keys live under a prefix per restart.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                              is_master=False, timeout=timedelta(minutes=30))
+        kwargs["store"] = dist.PrefixStore(f"enformer-train/restart-{restart}", store)
+        kwargs.update(rank=rank, world_size=world_size)
+    # The backend's own timeout is the backstop, a minute after the watchdog's clearer message.
+    timeout = timedelta(seconds=collective_timeout_s + 60) if collective_timeout_s else timedelta(minutes=30)
+    dist.init_process_group(backend, timeout=timeout, **kwargs)
+
+
+def die_with_launcher() -> None:
+    """End this worker at once (SIGKILL, so nothing is saved over the last good checkpoint) when its
+    launcher dies: torchrun's workers run in sessions of their own, so a killed torchrun would
+    otherwise leave them training, orphaned, into the run folder. Linux only (prctl); a plain
+    `train` without torchrun keeps running when its shell goes, as a nohup'd job should."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if parent == 1 or os.getppid() != parent:  # the launcher died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def teardown() -> None:
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.stop()
+        _watchdog = None
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
+# -- collectives, each watched ----------------------------------------------------------------------
+
+
+class Watchdog:
+    """Ends this rank's process, with one line naming the collective and the ranks that did not
+    arrive, when it has waited in a collective longer than `timeout_s`.
+
+    Every collective of this package runs inside `watching(name)`, and so does each step's
+    forward/backward, which holds the collectives of cross-replica batch norm and DDP's gradient
+    all-reduce. A rank that has waited half the timeout (at most 10 s) writes where it waits
+    into the process group's rendezvous store (torchrun's agent holds it, so it answers while a
+    rank is frozen); the rank whose timeout passes first gives the others a little longer to
+    write, and the ranks that wrote nothing are the ones that did not arrive: frozen (SIGSTOP, a
+    stuck GPU), hung outside any collective (a dead NFS read) or dead. Exiting, rather than
+    waiting out the backend's timeout, lets torchrun (--max-restarts) or the scheduler restart
+    the job from the last checkpoint; nothing is saved on the way out.
+    """
+
+    def __init__(self, timeout_s: float, rank: int, world_size: int, command: str):
+        self.timeout_s, self.rank, self.world_size, self.command = timeout_s, rank, world_size, command
+        self.where = ""  # what the rank is doing, e.g. 'step 12' (the trainer sets it)
+        self._seq = 0  # collectives so far: the same sequence on every rank
+        self._region: tuple[int, str, float] | None = None
+        self._published = 0
+        self._store = None
+        self._prefix = f"enformer-train/watchdog/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="collective-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def watching(self, name: str):
+        self._seq += 1
+        self._region = (self._seq, name, time.monotonic())
+        try:
+            yield
+        finally:
+            self._region = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        publish_after = min(self.timeout_s / 2, 10.0)
+        while not self._stopped.wait(min(1.0, self.timeout_s / 20)):
+            region = self._region
+            if region is None:
+                continue
+            waited = time.monotonic() - region[2]
+            if waited > publish_after and self._published != region[0]:
+                self._published = region[0]
+                self._set(f"{region[0]}/{self.rank}", region[1])
+            if waited > self.timeout_s and self._region is region:
+                self._fire(region)
+
+    def _client(self):
+        if self._store is None:
+            self._store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                        timeout=timedelta(seconds=10), wait_for_workers=False)
+        return self._store
+
+    def _set(self, key: str, value: str) -> bool:
+        try:
+            self._client().set(f"{self._prefix}/{key}", value)
+            return True
+        except Exception:  # noqa: BLE001 - the store's host may be the frozen rank; then no names
+            return False
+
+    def _fire(self, region: tuple[int, str, float]) -> None:
+        seq, name, _ = region
+        answered: set[int] = {self.rank}
+        reachable = self._set(f"{seq}/{self.rank}", name)
+        others = [r for r in range(self.world_size) if r != self.rank]
+        deadline = time.monotonic() + min(self.timeout_s / 2, 15.0)
+        while reachable and time.monotonic() < deadline and len(answered) < self.world_size:
+            try:
+                answered |= {r for r in others if self._client().check([f"{self._prefix}/{seq}/{r}"])}
+            except Exception:  # noqa: BLE001
+                reachable = False
+            time.sleep(0.5)
+        missing = [r for r in range(self.world_size) if r not in answered]
+        at = f" at {self.where}" if self.where else ""
+        if not reachable:
+            who = "some rank did not arrive (the rendezvous store did not answer to name it)"
+        elif missing:
+            who = (f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} did not arrive "
+                   "(frozen, hung outside the collective, or dead)")
+        else:
+            who = "every rank arrived but the collective did not complete (network or NCCL hang)"
+        # rank 0's progress bar holds the terminal's line without a newline: start a line of our own
+        newline = "\n" if self.rank == 0 else ""
+        setting = "train.collective_timeout_s" if self.command == "train" else "--collective-timeout-s"
+        sys.stderr.write(f"{newline}enformer-train {self.command}: error: rank {self.rank}: {name}{at} waited more than "
+                         f"{self.timeout_s:g} s ({setting}): {who}; exiting so that torchrun "
+                         "--max-restarts or the scheduler restarts the job from the last checkpoint\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+_watchdog: Watchdog | None = None
+
+
+def watch_collectives(timeout_s: float, rank: int, world_size: int, command: str) -> None:
+    global _watchdog
+    if _watchdog is None and world_size > 1:
+        _watchdog = Watchdog(timeout_s, rank, world_size, command)
+
+
+def set_where(where: str) -> None:
+    """What this rank is doing, for the watchdog's message (e.g. 'step 12', 'validation at step 10')."""
+    if _watchdog is not None:
+        _watchdog.where = where
+
+
+def watching(name: str):
+    """A context in which this rank may wait for the others: watched when a timeout is set."""
+    return _watchdog.watching(name) if _watchdog is not None else contextlib.nullcontext()
+
+
+def all_reduce_(t: torch.Tensor, op=None, what: str = "all_reduce") -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        with watching(what):
+            dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
 
 
-def all_gather_objects(obj) -> list:
+def all_gather_objects(obj, what: str = "all_gather_object") -> list:
     if dist.is_initialized() and dist.get_world_size() > 1:
         out = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
+        with watching(what):
+            dist.all_gather_object(out, obj)
         return out
     return [obj]
 
 
-def barrier() -> None:
+def barrier(what: str = "barrier") -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        with watching(what):
+            dist.barrier()

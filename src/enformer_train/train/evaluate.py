@@ -8,97 +8,184 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data.loader import Loader, to_device
-from ..data.store import Store
+from ..data.store import Store, read_manifest, targets_path
 from ..data.targets import read_targets
 from ..errors import UserError
 from ..infer import load, to_forward_strand, tta_views
 from .metrics import TrackStats
 
 
+def track_rows(store: Store) -> list[dict[str, str]]:
+    """The store's targets.txt rows (empty when the store has none)."""
+    path = targets_path(store.path)
+    return read_targets(path) if os.path.exists(path) else []
+
+
+# Assay types as the paper reports them, by the prefix of targets.txt's description ("CAGE:liver",
+# "DNASE:K562", "ATAC:...", "CHIP:H3K27ac:..."); DNase and ATAC are one accessibility group.
+ASSAY_PREFIXES = {"CAGE": ("CAGE",), "DNASE/ATAC": ("DNASE", "ATAC"), "CHIP": ("CHIP",)}
+
+
+def assay_tracks(store: Store) -> dict[str, list[int]]:
+    """{assay type: indices of its tracks} by the description's prefix (types without tracks left out)."""
+    path = targets_path(store.path)
+    if not os.path.exists(path):
+        return {}
+    descriptions = [row.get("description", "").upper() for row in read_targets(path)]
+    groups = {name: [i for i, d in enumerate(descriptions) if d.startswith(prefixes)]
+              for name, prefixes in ASSAY_PREFIXES.items()}
+    return {name: tracks for name, tracks in groups.items() if tracks}
+
+
 def cage_tracks(store: Store) -> list[int]:
     """Indices of the tracks whose targets.txt description starts with CAGE."""
-    path = os.path.join(store.path, "targets.txt")
-    if not os.path.exists(path):
-        return []
-    return [i for i, row in enumerate(read_targets(path)) if row.get("description", "").upper().startswith("CAGE")]
+    return assay_tracks(store).get("CAGE", [])
 
 
 @torch.no_grad()
 def evaluate_store(model, store: Store, organism: str, world, batch_size: int, *, max_batches: int | None = None,
                    tta: bool = False, num_workers: int = 0, seed: int = 0, autocast: bool = False,
-                   context: int | None = None) -> TrackStats:
+                   sequence_length: int | None = None, show_progress: bool = False) -> TrackStats:
     """Sums over the split (this rank's share, then all-reduced). With `tta`, predictions are the mean
-    over (shift -1, 0, 1) x (forward, reverse complement), each mapped back to the forward strand."""
+    over (shift -1, 0, 1) x (forward, reverse complement), each mapped back to the forward strand.
+    With `show_progress`, batches done and an ETA (this rank's; ranks run in step)."""
+    from ..progress import progress
+
     was_training = model.training
     model.eval()
     views = tta_views(tta, store.max_shift)
-    loaders = [Loader(store, batch_size, train=False, seed=seed, rank=world.rank, world_size=world.world_size,
-                      num_workers=num_workers, augment=v, context=context) for v in views]
+    loaders = [Loader(store, batch_size, train=False, seed=seed, shard=world,
+                      num_workers=num_workers, augment=v, sequence_length=sequence_length) for v in views]
     pair = torch.as_tensor(store.strand_pair, device=world.device)
     stats = TrackStats(store.num_targets, world.device)
     amp = torch.autocast(world.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    total = len(loaders[0]) if max_batches is None else min(max_batches, len(loaders[0]))
+    bar = progress(total, f"evaluate {organism}", "batch", enabled=show_progress)
     for i, batches in enumerate(zip(*loaders)):
         if max_batches is not None and i >= max_batches:
             break
-        total = None
+        summed = None
         for view, batch in zip(views, batches):
             batch = to_device(batch, world.device)
             with amp:
                 pred = model(batch["sequence"], head=organism).float()
             pred = to_forward_strand(pred, view.reverse, pair)
-            total = pred if total is None else total + pred
+            summed = pred if summed is None else summed + pred
         target = to_device(batches[0], world.device)["target"]
-        stats.update(total / len(views), target)
+        stats.update(summed / len(views), target)
+        bar.update(1)
+    bar.close()
     model.train(was_training)
     return stats.all_reduce()
 
 
-def write_results(out_dir: str | Path, results: dict[str, tuple[TrackStats, list[int]]], meta: dict) -> dict:
-    """tracks-<organism>.csv (per-track metrics) and summary.json into out_dir."""
+def write_results(out_dir: str | Path, results: dict[str, tuple[TrackStats, dict[str, list[int]], list[dict]]],
+                  meta: dict) -> dict:
+    """tracks-<organism>.csv (per track: index, identifier, description and metrics), summary.json
+    (means overall and per assay type) and evaluate-<organism>.png (per-track R by assay type) into
+    out_dir. results: {organism: (stats, {assay type: track indices}, targets.txt rows)}."""
+    from ..plots import plot_assay_r
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {**meta, "organisms": {}}
-    for organism, (stats, cage) in results.items():
+    for organism, (stats, assays, rows) in results.items():
         per_track = stats.per_track()
         with (out / f"tracks-{organism}.csv").open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["track", "pearson_r", "r2", "poisson_loss"])
+            w.writerow(["track", "identifier", "description", "pearson_r", "r2", "poisson_loss"])
             for i in range(per_track["pearson_r"].numel()):
-                w.writerow([i, f"{per_track['pearson_r'][i].item():.6f}", f"{per_track['r2'][i].item():.6f}",
+                row = rows[i] if i < len(rows) else {}
+                w.writerow([i, row.get("identifier", ""), row.get("description", ""),
+                            f"{per_track['pearson_r'][i].item():.6f}", f"{per_track['r2'][i].item():.6f}",
                             f"{per_track['poisson_loss'][i].item():.6f}"])
-        summary["organisms"][organism] = stats.summary(cage)
+        summary["organisms"][organism] = stats.summary(assays.get("CAGE"))
+        r = per_track["pearson_r"].cpu().numpy()
+        summary["organisms"][organism]["pearson_r_by_assay"] = {
+            name: float(np.nanmean(r[tracks])) for name, tracks in assays.items()}
+        plot_assay_r(r, assays, f"{organism}, {meta.get('split', '')}: Pearson R per track",
+                     out / f"evaluate-{organism}.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, batch_size: int | None = None,
-                 max_batches: int | None = None, device: str = "auto") -> dict | None:
-    """`enformer-train evaluate`: a checkpoint (or run folder) on a split of every organism it was trained on.
-    Under torchrun the split is shared across ranks; rank 0 writes the files."""
-    from .distributed import setup, teardown
+def _refuse_nonfinite(results: dict[str, tuple], stores: dict, split: str, out_dir: str) -> None:
+    """One line naming the store, split, tracks and counts of any NaN or inf met, predicted or
+    measured: their tracks' metrics (written for inspection) are NaN, and so are the means."""
+    said = []
+    for organism, (stats, *_) in results.items():
+        for kind, tracks in stats.nonfinite().items():
+            if tracks:
+                shown = ", ".join(f"{t} ({n})" for t, n in list(tracks.items())[:5]) + (" ..." if len(tracks) > 5 else "")
+                said.append(f"{stores[organism]} {split}: {sum(tracks.values())} non-finite {kind} in tracks {shown}")
+    if said:
+        raise UserError("; ".join(said) + f"; their metrics and the means over tracks are NaN (written to {out_dir}); "
+                        "prepare the store again (prepare refuses non-finite targets)")
 
-    world = setup(device)
+
+def parse_stores(values: list[str] | None) -> dict[str, str]:
+    """`--store` values, STORE (the head named by the store's organism) or HEAD=STORE, as {head: store}."""
+    stores = {}
+    for value in values or []:
+        head, sep, path = value.partition("=")
+        if not sep or "/" in head or os.path.exists(value):
+            head, path = "", value
+        if not os.path.isdir(path):
+            raise UserError(f"--store {value}: no such store folder (give STORE or HEAD=STORE)")
+        head = head or read_manifest(path)["organism"]
+        if head in stores:
+            raise UserError(f"--store {value}: a second store for head {head!r}; give HEAD=STORE to name another head")
+        stores[head] = path
+    return stores
+
+
+def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, batch_size: int | None = None,
+                 max_batches: int | None = None, device: str = "auto", stores: list[str] | None = None,
+                 collective_timeout_s: float = 600.0) -> dict | None:
+    """`enformer-train evaluate`: a checkpoint (or run folder) on a split of every organism it was
+    trained on, or of `stores` (STORE or HEAD=STORE); a model file (.safetensors) needs `stores`.
+    Under torchrun the split is shared across ranks; rank 0 writes the files."""
+    from ..config import TrainConfig
+    from .distributed import set_where, setup, teardown
+
+    world = setup(device, collective_timeout_s, "evaluate")
     try:
+        chosen = parse_stores(stores)
         loaded = load(checkpoint, world.device)
-        if loaded.config is None:
-            raise UserError(f"{checkpoint}: a weights file names no stores; evaluate a training checkpoint or run folder")
         model, config = loaded.model, loaded.config
-        autocast = config.train.bf16_autocast(world.device.type)
+        if config is None and not chosen:
+            raise UserError(f"{checkpoint}: a model file names no stores; give --store STORE (its organism picks "
+                            f"the head: {', '.join(model.config.heads)}) or --store HEAD=STORE")
+        for head in chosen:
+            if head not in model.config.heads:
+                raise UserError(f"--store {chosen[head]}: the model has no head {head!r} (heads: "
+                                f"{', '.join(model.config.heads)}); give HEAD=STORE")
+        train = config.train if config else TrainConfig()
+        autocast = train.bf16_autocast(world.device.type)
+        per_rank = batch_size or train.eval_batch_per_rank or train.batch_per_rank or (
+            max(1, train.batch_size // world.world_size) if config else 1)
         results = {}
-        for organism, path in config.data.stores.items():
+        for organism, path in (chosen or config.data.stores).items():
             store = Store(path, split)
-            stats = evaluate_store(model, store, organism, world,
-                                   batch_size or config.train.eval_batch_per_rank or config.train.batch_per_rank
-                                   or max(1, config.train.batch_size // world.world_size),
-                                   max_batches=max_batches, tta=tta, num_workers=config.data.num_workers,
-                                   autocast=autocast, context=config.model.sequence_length)
-            results[organism] = (stats, cage_tracks(store))
+            set_where(f"{organism} {split}")
+            expected = (model.config.target_length, model.config.heads[organism])
+            if (store.target_length, store.num_targets) != expected:
+                raise UserError(f"{path}: targets [{store.target_length}, {store.num_targets}] but the model's "
+                                f"{organism} head gives [{expected[0]}, {expected[1]}]")
+            stats = evaluate_store(model, store, organism, world, per_rank,
+                                   max_batches=max_batches, tta=tta, num_workers=config.data.num_workers if config else 2,
+                                   autocast=autocast, sequence_length=model.config.sequence_length,
+                                   show_progress=world.is_main)
+            results[organism] = (stats, assay_tracks(store), track_rows(store))
+        summary = None
         if world.is_main:
-            return write_results(out_dir, results, {"checkpoint": loaded.path, "step": loaded.step, "split": split,
-                                                    "tta": tta, "ranks": world.world_size})
-        return None
+            summary = write_results(out_dir, results, {"checkpoint": loaded.path, "step": loaded.step, "split": split,
+                                                       "tta": tta, "ranks": world.world_size})
+        _refuse_nonfinite(results, chosen or config.data.stores, split, out_dir)
+        return summary
     finally:
         teardown()

@@ -7,11 +7,20 @@ import torch
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Adam over the trainable parameters (frozen ones get no state). With cfg.head_learning_rate,
+    the heads are a second group whose rate is that times the schedule's factor ('lr_scale')."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.head_learning_rate is None:
+        groups = [{"params": [p for _, p in trainable], "lr_scale": 1.0}]
+    else:
+        groups = [{"params": [p for n, p in trainable if not n.startswith("heads.")], "lr_scale": 1.0},
+                  {"params": [p for n, p in trainable if n.startswith("heads.")],
+                   "lr_scale": cfg.head_learning_rate / cfg.learning_rate}]
+        groups = [g for g in groups if g["params"]]
     if cfg.weight_decay > 0:
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps,
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                  weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps)
+    return torch.optim.Adam(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps)
 
 
 def learning_rate(step: int, cfg) -> float:

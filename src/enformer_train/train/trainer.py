@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,20 +23,25 @@ from ..data.augment import Augment
 from ..data.loader import Loader, to_device
 from ..data.store import Store
 from ..errors import Stopped, UserError
-from ..model import Enformer
+from ..model import build_model
 from ..model.info import measure
 from ..model.weights import save_model
 from . import checkpoint as ckpt
+from . import finetune
 from ..config import Config
-from .distributed import World, all_gather_objects, all_reduce_, barrier, setup, teardown
+from .distributed import World, all_gather_objects, all_reduce_, barrier, set_where, setup, teardown, watching
 from .evaluate import cage_tracks, evaluate_store
 from .logging import MetricsLog
 from .loss import poisson_loss
 from .optim import learning_rate, make_optimizer
+from .run_lock import RunFolderBusy, lock_run_folder, unlock_run_folder
 
 # bf16 dense peak FLOP/s per device, for model FLOP utilisation; unknown devices log none.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
                "V100": 125e12}
+
+
+_MAX_FAILED_SAVES = 3  # checkpoints in a row that may fail (a full disk) before the run stops
 
 
 class NonFiniteError(UserError):
@@ -56,8 +62,10 @@ class Trainer:
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
         t = config.train
-        self.world: World = setup(t.device)
+        self.world: World = setup(t.device, t.collective_timeout_s, "train")
         self.run_dir = Path(t.run_dir)
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+        self._claim_run_folder(fresh=not (resume or restarted))
         organisms = list(config.data.stores)
         self.organisms = organisms
 
@@ -66,7 +74,7 @@ class Trainer:
         # needed); afterwards each rank reseeds to its own stream so that dropout masks differ per
         # rank, as on separate TPU cores (the +1 keeps rank 0's stream apart from the init's).
         torch.manual_seed(t.seed)
-        model = Enformer(config.model).to(self.world.device)
+        model = build_model(config.model).to(self.world.device)
         torch.manual_seed(t.seed + 1000 * self.world.rank + 1)
         self.model = model
 
@@ -84,21 +92,30 @@ class Trainer:
                 raise UserError(f"{store.path}: targets [{store.target_length}, {store.num_targets}] but the model's "
                                 f"{o} head gives [{config.model.target_length}, {config.model.heads[o]}]")
         augment = Augment(config.data.max_shift, 0.5 if config.data.reverse_complement else 0.0)
-        self.loaders = {o: Loader(s, self.batch_per_rank, train=True, seed=t.seed, rank=self.world.rank,
-                                  world_size=ws, num_workers=config.data.num_workers, augment=augment,
-                                  context=config.model.sequence_length) for o, s in self.stores.items()}
+        self.loaders = {o: Loader(s, self.batch_per_rank, train=True, seed=t.seed, shard=self.world,
+                                  num_workers=config.data.num_workers, augment=augment,
+                                  sequence_length=config.model.sequence_length) for o, s in self.stores.items()}
+
+        resume_from = None
+        if resume or restarted:
+            if ckpt.list_checkpoints(self.run_dir):
+                resume_from = ckpt.load_latest_good(self.run_dir, map_location=self.world.device,
+                                                    warn=self._say if self.world.is_main else None)
+            elif resume:
+                raise UserError(f"{self.run_dir}: --resume given but the run folder has no checkpoints")
+        # Fine-tuning: weights first (a resumed run has them in its checkpoint), then what trains.
+        self.fine_tuning = finetune.setup(model, t, resumed=resume_from is not None)
 
         self.optimizer = make_optimizer(model, t)
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_run = 0
-        resume_from = None
-        if resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
-            if ckpt.list_checkpoints(self.run_dir):
-                resume_from = ckpt.load_checkpoint(self.run_dir, map_location=self.world.device)
-                self._restore(resume_from)
-            elif resume:
-                raise UserError(f"{self.run_dir}: --resume given but the run folder has no checkpoints")
+        self.failed_saves = 0  # checkpoints in a row that could not be written (a full disk)
+        # This rank's per-step values since the last log record: checkpointed, so that a resumed
+        # run logs the same window means as the uninterrupted one.
+        self.pending: dict[str, list[torch.Tensor]] = {}
+        if resume_from is not None:
+            self._restore(resume_from)
 
         self.ddp = model
         if self.world.distributed:
@@ -110,17 +127,47 @@ class Trainer:
                 warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
                 self.ddp = DistributedDataParallel(
                     model, device_ids=[self.world.device] if self.world.device.type == "cuda" else None,
-                    broadcast_buffers=False, find_unused_parameters=t.update != "joint")
+                    broadcast_buffers=False,
+                    find_unused_parameters=t.update != "joint" or set(config.model.heads) != set(organisms))
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.autocast = t.bf16_autocast(self.world.device.type)
 
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            stale = ckpt.remove_stale_temporaries(self.run_dir)
+            if stale:
+                self._say(f"{self.run_dir}: removed {len(stale)} temporary files of saves cut short ({stale[0].name}, ...)")
             config.write(self.run_dir / "config.yaml")
         barrier()
         self.log = MetricsLog(self.run_dir, self.world.is_main, resume_from["step"] if resume_from else None,
                               tensorboard=t.tensorboard, wandb_project=t.wandb_project, config=config.to_dict())
+        if self.step == 0:  # a resumed run has the record in metrics.jsonl already
+            self.fine_tuning.announce(self.model, self.log, self.step, self.world.is_main)
         self._stop_signal = 0
+
+    def _claim_run_folder(self, fresh: bool) -> None:
+        """Rank 0 takes the run folder's lock (another run holding it: RunFolderBusy, status 2) and,
+        for a `fresh` run, refuses a folder that holds a run; every rank learns the answer."""
+        # One run per folder, decided before anything is read or written there; every rank learns
+        # rank 0's answer so that all of them leave at once.
+        self._lock = None
+        refused = None
+        if self.world.is_main:
+            try:
+                self._lock = lock_run_folder(self.run_dir)
+            except RunFolderBusy as e:
+                refused = str(e)
+        refused = next((r for r in all_gather_objects(refused, "the run-folder lock's all_gather") if r), None)
+        if refused:
+            teardown()
+            raise RunFolderBusy(refused)
+        if fresh:  # a fresh run: never over another run's files
+            # rank 0 looks (the folder may be on its node only) and every rank stops alike
+            refusals = all_gather_objects(_refusal(self.run_dir) if self.world.is_main else None,
+                                          "the run-folder check's all_gather")
+            if refusals[0]:
+                unlock_run_folder(self._lock)
+                raise UserError(refusals[0])
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -129,6 +176,7 @@ class Trainer:
         if saved_world != self.world.world_size:
             raise UserError(f"{state['path']}: saved by {saved_world} ranks, now {self.world.world_size}; an exact "
                             "resume needs the same number of ranks")
+        ckpt.check_same_model(state, self.model, self.config.to_dict()["model"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for o, loader in self.loaders.items():
@@ -137,18 +185,38 @@ class Trainer:
         self.step = state["step"]
         self.nonfinite_total = state.get("nonfinite_total", 0)
         self.nonfinite_run = state.get("nonfinite_run", 0)
+        pending = state.get("log_pending", [{}] * self.world.world_size)[self.world.rank]
+        self.pending = {k: list(v.to(self.world.device).unbind()) for k, v in pending.items()}
 
-    def save(self) -> Path:
-        rngs = all_gather_objects(ckpt.rng_state(self.world.device))
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0); returns it, or when it could not be written (a full disk:
+        said in one line, training goes on) the newest one there is. Stops after 3 such in a row."""
+        rngs = all_gather_objects(ckpt.rng_state(self.world.device), "the checkpoint's all_gather of RNG states")
+        pending = all_gather_objects({k: torch.stack(v).cpu() for k, v in self.pending.items()},
+                                     "the checkpoint's all_gather of the log window")
         path = ckpt.checkpoint_path(self.run_dir, self.step)
         if self.world.is_main:
             state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "loaders": {o: loader.state_dict() for o, loader in self.loaders.items()}, "rng": rngs,
                      "config": self.config.to_dict(), "nonfinite_total": self.nonfinite_total,
-                     "nonfinite_run": self.nonfinite_run}
-            path = ckpt.save_checkpoint(self.run_dir, state, self.config.train.keep_checkpoints)
-        barrier()
-        return path
+                     "nonfinite_run": self.nonfinite_run, "log_pending": pending}
+            try:
+                path = ckpt.save_checkpoint(self.run_dir, state, self.config.train.keep_checkpoints)
+                self.failed_saves = 0
+            except ckpt.CheckpointNotSaved as e:
+                self.failed_saves += 1
+                self._say(f"step {self.step}: checkpoint not saved ({self.failed_saves} in a row): {e}")
+        failed = all_reduce_(torch.tensor([self.failed_saves], device=self.world.device), op=dist.ReduceOp.MAX,
+                             what="the all_reduce after a checkpoint")
+        self.failed_saves = int(failed.item())
+        newest = (ckpt.list_checkpoints(self.run_dir) or [None])[-1]
+        if self.failed_saves >= _MAX_FAILED_SAVES:
+            raise UserError(f"{self.run_dir}: {self.failed_saves} checkpoints in a row could not be saved; stopped at "
+                            f"step {self.step}, the last good checkpoint is {newest}; free space and --resume")
+        return path if self.failed_saves == 0 else newest
+
+    def _say(self, message: str) -> None:
+        print(f"enformer-train train: {message}", file=sys.stderr, flush=True)
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -163,7 +231,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             batch = to_device(batch, self.world.device)
             no_sync, amp = self._contexts(sync=last_in_update and i == len(batches) - 1)
-            with no_sync:
+            with no_sync, watching(f"the forward/backward of {organism} (batch-norm and gradient all_reduce)"):
                 with amp:
                     pred = self.forward(batch["sequence"], head=organism)
                 loss = poisson_loss(pred, batch["target"])
@@ -199,7 +267,7 @@ class Trainer:
         self._skipped_in_step = 0
         lr = learning_rate(self.step, self.config.train)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         out = {}
         if self.config.train.update == "alternate":
             for organism in self.organisms:
@@ -224,7 +292,7 @@ class Trainer:
             parts = [to_device(batches[o][i], self.world.device) for o in self.organisms]
             sizes = [p["sequence"].shape[0] for p in parts]
             no_sync, amp = self._contexts(sync=i == micro - 1)
-            with no_sync:
+            with no_sync, watching("the joint forward/backward (batch-norm and gradient all_reduce)"):
                 with amp:
                     preds = self.forward(torch.cat([p["sequence"] for p in parts]))
                 loss = 0.0
@@ -241,11 +309,12 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         t = self.config.train
+        set_where(f"validation at step {self.step}")
         values = {}
         for organism, store in self.valid.items():
             stats = evaluate_store(self.model, store, organism, self.world, t.eval_batch_per_rank or self.batch_per_rank,
                                    max_batches=t.eval_batches, num_workers=self.config.data.num_workers,
-                                   autocast=self.autocast, context=self.config.model.sequence_length)
+                                   autocast=self.autocast, sequence_length=self.config.model.sequence_length)
             for key, value in stats.summary(cage_tracks(store)).items():
                 values[f"valid/{organism}/{key}"] = value
         return values
@@ -257,7 +326,7 @@ class Trainer:
 
     def _stop_requested(self) -> int:
         flag = torch.tensor([self._stop_signal], device=self.world.device)
-        return int(all_reduce_(flag, op=dist.ReduceOp.MAX).item())
+        return int(all_reduce_(flag, op=dist.ReduceOp.MAX, what="the stop-signal all_reduce").item())
 
     def fit(self) -> dict[str, float]:
         t = self.config.train
@@ -265,32 +334,33 @@ class Trainer:
         iterators = {o: iter(loader) for o, loader in self.loaders.items()}
         bar = None
         if self.world.is_main:
-            from tqdm import tqdm
+            from ..progress import progress
 
-            bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True)
+            bar = progress(t.steps, "train", "step", initial=self.step)
         timing = {"time": time.perf_counter(), "steps": 0}  # since the last log record
-        pending: dict[str, list[torch.Tensor]] = {}
         last_eval: dict[str, float] = {}
         try:
             if self.step == 0 and t.eval_at_start:
                 last_eval = self.validate()
                 self.log.log(0, last_eval)
             while self.step < t.steps:
+                set_where(f"step {self.step + 1}")
                 batches = {o: [next(iterators[o]) for _ in range(self.accumulation)] for o in self.organisms}
                 out = self.train_step(batches)
                 self.step += 1
                 timing["steps"] += 1
                 self.nonfinite_run = self.nonfinite_run + 1 if self._skipped_in_step else 0
                 for key, value in out.items():
-                    pending.setdefault(key, []).append(value)
+                    self.pending.setdefault(key, []).append(value)
                 if self.nonfinite_run >= t.max_nonfinite:
                     path = self.save()
+                    self._report_nonfinite(f"stopped for non-finite steps, checkpoint {path.name}")
                     raise NonFiniteError(f"{t.max_nonfinite} steps in a row had a non-finite loss or gradient "
                                          f"(step {self.step}); saved {path}. Check the data for NaN/inf targets, or "
                                          "lower train.learning_rate")
                 if self.step % t.log_every == 0 or self.step == t.steps:
-                    record = self._log_record(pending, timing, bar)
-                    pending = {}
+                    record = self._log_record(self.pending, timing, bar)
+                    self.pending = {}
                     self.log.log(self.step, record)
                 if self.step % t.eval_every == 0 or self.step == t.steps:
                     last_eval = self.validate()
@@ -303,10 +373,12 @@ class Trainer:
                 signum = self._stop_requested()
                 if signum:
                     path = self.save()
+                    self._report_nonfinite(f"stopped by {signal.Signals(signum).name}, checkpoint {path.name}")
                     raise Stopped(signum, str(path))
             if self.world.is_main:
-                save_model(self.model, self.run_dir / "model.safetensors")
-            barrier()
+                save_model(finetune.plain_copy(self.model), self.run_dir / "model.safetensors")
+            barrier("the barrier after saving the model")
+            self._report_nonfinite("finished")
             return last_eval
         finally:
             if bar is not None:
@@ -314,6 +386,14 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.log.close()
+
+    def _report_nonfinite(self, end: str) -> None:
+        """The run's end in metrics.jsonl ({'end': ...}; a resumed run drops its predecessor's) and
+        on stdout, with the number of updates skipped for a non-finite loss or gradient."""
+        self.log.log(self.step, {"end": end, "nonfinite_skipped": self.nonfinite_total})
+        if self.world.is_main:
+            print(f"step {self.step}: {end}; {self.nonfinite_total} updates skipped for a non-finite loss or "
+                  "gradient", flush=True)
 
     def _log_record(self, pending: dict, timing: dict, bar) -> dict:
         values = {}
@@ -323,7 +403,7 @@ class Trainer:
                 # mean over ranks of the mean over steps; non-finite steps are counted, not averaged
                 finite = torch.isfinite(stacked)
                 both = torch.stack([torch.where(finite, stacked, 0).sum(), finite.sum().float()])
-                all_reduce_(both)
+                all_reduce_(both, what="the log record's loss all_reduce")
                 values[key] = (both[0] / both[1]).item() if both[1] > 0 else float("nan")
             else:
                 values[key] = stacked[-1].item()
@@ -351,6 +431,16 @@ class Trainer:
 
     def close(self) -> None:
         teardown()
+        unlock_run_folder(self._lock)
+        self._lock = None
+
+
+def _refusal(run_dir: Path) -> str | None:
+    try:
+        ckpt.refuse_existing_run(run_dir)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def train(config: Config, resume: bool = False) -> dict[str, float]:
