@@ -31,7 +31,7 @@ def _direct(model, fasta, chrom, window_start):
         return model(torch.from_numpy(codes)[None], head="human")[0].numpy()
 
 
-def test_predictions_are_centred_on_the_region_and_tiled(weights, tmp_path):
+def test_predictions_are_centred_on_the_region_and_tiled(weights, tmp_path, capsys):
     model, path = weights
     fasta = os.path.join(barnyard_dir(), "human.fa")
     # a 2,048-bp output span (16 bins of 128) centred on chr1:50,000-51,000 -> span 49,476-51,524
@@ -39,6 +39,7 @@ def test_predictions_are_centred_on_the_region_and_tiled(weights, tmp_path):
                  "--out", str(tmp_path / "p.npz")]) == 0
     out = np.load(tmp_path / "p.npz")
     assert out["predictions"].shape == (16, 8) and int(out["start"]) == 50_500 - 1024 and int(out["bin_size"]) == 128
+    assert "predicted chr1:49,476-51,524 (16 bins of 128 bp" in capsys.readouterr().out
     np.testing.assert_allclose(out["predictions"], _direct(model, fasta, "chr1", 50_500 - 3072), rtol=1e-5)
     # near the chromosome start: N padding; a 3,000-bp region needs two adjacent windows
     targets = os.path.join(barnyard_dir(), "human", "targets.txt")
@@ -68,3 +69,12 @@ def test_predict_errors_are_one_line(weights, tmp_path, capsys):
                  "--out", str(tmp_path / "x.npz")]) == 1
     assert "track 99 does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+    length = Genome(fasta).lengths["chr1"]
+    for region, out, message in ((f"chr1:{length}-{length + 500}", "x.npz", f"starts past the end of chr1 ({length:,} bp)"),
+                                 ("chr1:0-100", "x.csv", "--out {}: unknown format; name the file .npz"),
+                                 ("chr1:0-100", "x", "--out {}: unknown format")):
+        assert main(["predict", "--checkpoint", path, "--fasta", fasta, "--region", region, "--out",
+                     str(tmp_path / out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message.format(tmp_path / out) in err and err.count("\n") == 0, err
+    assert not list(tmp_path.glob("x*"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import Stopped, UserError
@@ -14,24 +15,61 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(describe(load_model_config(args.config)))
 
 
-def _cmd_convert(args: argparse.Namespace) -> None:
-    from .model.weights import convert
+def _cmd_config(args: argparse.Namespace) -> None:
+    from .config import config_from_dict, describe_config, read_config
 
-    convert(args.src, args.dst, fmt=args.format)
+    print(describe_config(config_from_dict(read_config(args.config, args.overrides), where=args.config or "overrides")),
+          end="")
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from .model.convert import describe_converted, import_model, source_target_length
+    from .model.weights import save_model
+
+    if os.path.exists(args.dst) and not args.force:
+        raise UserError(f"{args.dst}: exists; pass --force to replace it, or choose another output file")
+    target_length, note = source_target_length(args.src, args.target_length)
+    model = import_model(args.src, fmt=args.format, target_length=target_length)
+    save_model(model, args.dst)
+    print(describe_converted(model, args.dst, note))
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from .data.prepare import run_prepare
+    if args.targets:
+        from .data.coverage_prepare import run_prepare_coverage
 
-    run_prepare(args)
+        manifest = run_prepare_coverage(args)
+    else:
+        from .data.prepare import prepare
+
+        for flag, value in (("--regions", args.regions), ("--blacklist", args.blacklist),
+                            ("--target-length", args.target_length), ("--transform", args.transform)):
+            if value is not None:
+                raise UserError(f"{flag} goes with --targets (bigWigs); with --basenji the BED is --bed "
+                                f"and the targets are the records'")
+        manifest = prepare(
+            out=args.out, organism=args.organism, fasta=args.fasta, basenji=args.basenji, bed=args.bed,
+            sequence_length=args.sequence_length, max_shift=args.max_shift,
+            splits=tuple(s for s in args.splits.split(",") if s), workers=args.workers, records_per_file=args.records_per_file,
+            max_mismatch_rate=args.max_mismatch_rate, restart=args.restart, progress=not args.no_progress,
+            nonfinite_targets=args.nonfinite_targets, bin_size=args.bin_size)
+    counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
+    print(f"{args.out}: {manifest['organism']} store complete ({counts}; window {manifest['window']} bp, "
+          f"targets {manifest['target_length']} x {manifest['num_targets']})")
+
+
+def _cmd_regions(args: argparse.Namespace) -> None:
+    from .data.regions import run_regions
+
+    run_regions(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_config
+    from .train.finetune import load_run_config
     from .train.trainer import train
 
-    result = train(load_config(args.config, args.overrides), resume=args.resume)
-    if result:
+    result = train(load_run_config(args.config, args.overrides), resume=args.resume)
+    if result and int(os.environ.get("RANK", 0)) == 0:  # every rank has the (all-reduced) result
         print(" ".join(f"{k}={v:.4f}" for k, v in result.items() if k.endswith("pearson_r")))
 
 
@@ -39,18 +77,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .train.evaluate import run_evaluate
 
     summary = run_evaluate(args.checkpoint, args.split, args.out, tta=args.tta, batch_size=args.batch_size,
-                           max_batches=args.max_batches, device=args.device)
+                           max_batches=args.max_batches, device=args.device, stores=args.store,
+                           collective_timeout_s=args.collective_timeout_s)
     if summary:
         for organism, values in summary["organisms"].items():
             print(f"{organism}: pearson_r {values['pearson_r']:.4f}, r2 {values['r2']:.4f}, "
                   f"poisson_loss {values['poisson_loss']:.4f}")
-        print(f"wrote {args.out}/summary.json and tracks-*.csv")
+            by_assay = ", ".join(f"{name} {r:.4f}" for name, r in values.get("pearson_r_by_assay", {}).items())
+            if by_assay:
+                print(f"  pearson_r by assay: {by_assay}")
+        print(f"wrote {args.out}/summary.json, tracks-*.csv and evaluate-*.png")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from .predict import run_predict
 
-    print(f"wrote {run_predict(args)}")
+    print(run_predict(args))
+
+
+def _cmd_score_variants(args: argparse.Namespace) -> None:
+    from .variants import score_variants
+
+    s = score_variants(args)
+    if s is not None:
+        skipped = f"; skipped {s['symbolic']} symbolic allele(s)" if s["symbolic"] else ""
+        if s["ref_mismatch"]:
+            verb = "skipped" if args.ref_mismatch == "skip" else "kept"
+            skipped += f"; {verb} {s['ref_mismatch']} REF mismatch(es)"
+        rate = s["scored"] / s["seconds"] if s["seconds"] > 0 else 0.0
+        print(f"scored {s['variants']} variants ({s['scored']} here, {s['windows']} windows, {rate:.2f} variants/s)"
+              f"{skipped}; wrote {s['out']}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -65,10 +121,23 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {run_plot(args)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="enformer-train", description="Train Enformer in PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+CONFIG_POINTER = ("Config options (model., data., train.): `enformer-train config [--config F] [section.key=value ...]` "
+                  "prints every one with its meaning and default.")
 
+
+def _collective_timeout_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collective-timeout-s", type=float, default=600.0,
+                   help="under torchrun: a rank that waits longer for the others exits with a line naming them (default 600)")
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print the resolved config: every option with its meaning and default")
+    p.add_argument("--config", help="YAML config to resolve (default: the paper's recipe)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000")
+    p.set_defaults(func=_cmd_config)
+
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthetic barnyard -> store -> tiny Enformer on 2 processes -> plots")
     p.add_argument("--out", default="enformer-demo", help="work folder (default: ./enformer-demo)")
     p.add_argument("--steps", type=int, help="training steps (default: configs/tiny.yaml's)")
@@ -76,35 +145,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="parameters, FLOPs and activation memory of a model config")
     p.add_argument("--config", help="YAML file with a `model:` section (default: the paper's model)")
     p.set_defaults(func=_cmd_info)
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="import Sonnet or enformer-pytorch weights as safetensors")
     p.add_argument("src", help="Sonnet tf.train.Checkpoint prefix, enformer-pytorch state dict (.pt/.bin/.safetensors) or folder")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--format", choices=["auto", "sonnet", "enformer-pytorch"], default="auto")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument("--target-length", type=int,
+                   help="output bins the model is built for (default: the source folder's config.json, else 896)")
     p.set_defaults(func=_cmd_convert)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train (one process, or under torchrun on one node or many)")
     p.add_argument("--config", help="YAML config (model:, data:, train:); defaults are the paper's recipe")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.run_dir")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split, per track (CSV) and summary (JSON)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run folder (its latest)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file, a run folder (its latest), or a model file (.safetensors, with --store)")
+    p.add_argument("--store", action="append", metavar="[HEAD=]STORE",
+                   help="a prepared store to evaluate on (repeatable); its organism picks the head, or HEAD=STORE. "
+                        "Default: the stores the run was trained on")
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, help="folder for summary.json and tracks-<organism>.csv")
     p.add_argument("--tta", action="store_true", help="average over reverse complement and shifts of -1, 0, 1")
     p.add_argument("--batch-size", type=int, help="per rank (default: the training batch per rank)")
     p.add_argument("--max-batches", type=int, help="per rank; default the whole split")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _collective_timeout_argument(p)
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predicted tracks for a region of a genome")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
-    p.add_argument("--fasta", required=True)
+    p.add_argument("--fasta", required=True, help="genome FASTA, plain or bgzipped (.fa.gz); its index is built if missing")
     p.add_argument("--region", required=True, help="CHROM:START-END (0-based, end exclusive), e.g. chr1:1000000-1196608")
     p.add_argument("--organism", help="head to predict (default: the model's first)")
     p.add_argument("--tracks", help="track indices and/or description substrings, comma-separated")
@@ -113,6 +200,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_predict)
 
+
+def _add_score_variants(sub) -> None:
+    p = sub.add_parser(
+        "score-variants", help="variant effects (SAD, SAR) on every track from a VCF; under torchrun too",
+        description="Scores each alternative allele of a VCF: SAD = sum over output bins of (alt - ref), "
+                    "SAR = sum of log2(alt + 1) - log2(ref + 1). Windows: for VCF POS (1-based), pos0 = POS - 1 "
+                    "and the reference window is the FASTA's [pos0 - L/2, pos0 + L/2) (L = the model's input "
+                    "length, N past chromosome ends), so the variant's first base is at index L/2; the "
+                    "alternative window puts ALT in place of REF there and keeps length L by trimming "
+                    "(insertions) or extending from the FASTA (deletions) its right side, as Basenji does. "
+                    "Multi-allelic records are split; symbolic alleles (<DEL>, *, breakends) are skipped and "
+                    "counted. A stopped run resumes from OUT.partial/ when started again with the same options.")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
+    p.add_argument("--fasta", required=True, help="the genome the VCF's positions refer to")
+    p.add_argument("--vcf", required=True, help="VCF, plain or gzip/bgzip (.vcf.gz)")
+    p.add_argument("--organism", help="head to score (default: the model's first)")
+    p.add_argument("--out", required=True, help=".h5 (Basenji's sad.h5 layout, float16) or .tsv (a column per stat and track)")
+    p.add_argument("--tracks", help="track indices and/or description substrings, comma-separated (default: all)")
+    p.add_argument("--targets", help="targets.txt for track names and strand pairs (default: the training store's)")
+    p.add_argument("--stats", default="SAD", help="SAD and/or SAR, comma-separated (default SAD)")
+    p.add_argument("--tta", action="store_true", help="average each prediction over the forward and reverse-complement strands")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass, per rank (default 4)")
+    p.add_argument("--ref-mismatch", choices=["error", "skip", "warn"], default="error",
+                   help="a REF that differs from the FASTA: stop (default), skip the variant, or score it and warn")
+    p.add_argument("--chunk-size", type=int, default=256, help="variants per resumable unit of work (default 256)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (and a stale OUT.partial/)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _collective_timeout_argument(p)
+    p.set_defaults(func=_cmd_score_variants)
+
+
+def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="a PNG of a region's tracks: measured (from a store) and predicted")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
     p.add_argument("--store", help="a prepared store: plot its sample --sample of --split, measured and predicted")
@@ -125,11 +246,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file")
     p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("prepare", help="build the 196,608-bp training store from FASTA, BED and Basenji records")
-    from .data.prepare import add_prepare_arguments
 
-    add_prepare_arguments(p)
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build the 196,608-bp training store from a FASTA and Basenji records "
+                                         "(--basenji) or bigWigs (--targets)")
+    from .data.intervals import SPLITS
+    from .data.prepare import DEFAULT_SEQUENCE_LENGTH
+
+    p.add_argument("--organism", required=True, help="name of the organism / head, e.g. human or mouse")
+    p.add_argument("--fasta", required=True, help="genome FASTA (hg38.ml.fa, mm10.ml.fa), plain or bgzipped (.fa.gz); its index is built if missing")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--basenji", metavar="DIR",
+                        help="Basenji organism folder (statistics.json, targets.txt, tfrecords/); local or a fsspec URL such as gs://")
+    from .data.coverage_prepare import add_coverage_arguments
+
+    add_coverage_arguments(p, source)
+    p.add_argument("--bed", help="with --basenji: sequences.bed (default: DIR/sequences.bed)")
+    p.add_argument("--out", required=True, metavar="STORE", help="store folder to write")
+    p.add_argument("--context", "--sequence-length", dest="sequence_length", type=int, default=DEFAULT_SEQUENCE_LENGTH,
+                   help="the model's input length in bp, sequence_length (default 196608)")
+    p.add_argument("--max-shift", type=int, default=3, help="margin kept each side for shift augmentation (default 3)")
+    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default train,valid,test)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes converting files in parallel (0: in this process; default: all cores)")
+    p.add_argument("--records-per-file", type=int,
+                   help="optional check: records in every TFRecord file but a split's last (each file's "
+                        "records are counted; without this option any number is taken)")
+    p.add_argument("--max-mismatch-rate", type=float, default=0.01,
+                   help="fraction of rows whose record may differ from the FASTA before prepare stops (default 0.01)")
+    p.add_argument("--bin-size", type=int, default=128,
+                   help="--basenji: bp per target bin in the store, the model's output bin (default 128, "
+                        "Enformer's); records at a finer pool width that divides it have their bins summed")
+    p.add_argument("--nonfinite-targets", choices=["refuse", "zero"], default="refuse",
+                   help="a NaN or infinite target: refuse it, naming record and track (default), or store it "
+                        "as 0 and report the count per track")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished store in STORE and start again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
+
+
+def _add_regions(sub) -> None:
+    p = sub.add_parser("regions", help="tile a genome into a regions BED (chrom, start, end, split) on stdout")
+    from .data.regions import add_regions_arguments
+
+    add_regions_arguments(p)
+    p.set_defaults(func=_cmd_regions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="enformer-train", description="Train Enformer in PyTorch.",
+                                     epilog=CONFIG_POINTER)
+    parser.add_argument("--version", action="version", version=f"enformer-train {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_config(sub)
+    _add_demo(sub)
+    _add_info(sub)
+    _add_convert(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_score_variants(sub)
+    _add_plot(sub)
+    _add_prepare(sub)
+    _add_regions(sub)
+    for name, subparser in sub.choices.items():
+        if name != "config":
+            subparser.epilog = CONFIG_POINTER
     return parser
 
 
@@ -139,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"enformer-train {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     except Stopped as e:
         print(f"enformer-train {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,9 @@ import numpy as np
 import torch
 
 from .config import Config, config_from_dict
-from .data.augment import COMPLEMENT, Fixed
+from .data.augment import COMPLEMENT, FixedView, window_margin
 from .errors import UserError
-from .model import Enformer
+from .model import Enformer, build_model
 from .model.weights import load_model
 
 
@@ -40,19 +41,81 @@ class Loaded:
         return dict(self.config.data.stores) if self.config else {}
 
 
+def resolve_saved(path: str | Path) -> tuple[str, Path]:
+    """What a saved model path is: ('weights', a .safetensors file), ('enformer-pytorch', an
+    enformer-pytorch / Hugging Face model folder, converted on loading) or ('checkpoint', a checkpoint
+    file or a run folder, whose latest checkpoint is meant; a run folder without checkpoints but
+    with model.safetensors is that weights file)."""
+    from .model.convert import is_enformer_pytorch_folder
+    from .train.checkpoint import list_checkpoints
+
+    path = Path(path)
+    if is_enformer_pytorch_folder(path):
+        return "enformer-pytorch", path
+    if path.suffix == ".safetensors":
+        return "weights", path
+    if path.is_dir() and not list_checkpoints(path) and (path / "model.safetensors").exists():
+        return "weights", path / "model.safetensors"
+    return "checkpoint", path
+
+
 def load(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
-    """A model from a .safetensors weights file, a training checkpoint, or a run folder (its latest
-    checkpoint). Raises UserError naming the file when it is none of these."""
+    """A model from a .safetensors weights file, an enformer-pytorch / Hugging Face model folder
+    (converted in memory), a training checkpoint, or a run folder (its latest checkpoint). Raises UserError naming the file when it is none of these. A checkpoint of a run
+    with low-rank adapters gives the model with the adapters merged."""
+    from .model.lora import add_lora, merge_lora
     from .train.checkpoint import load_checkpoint
 
     device = torch.device(device)
-    if str(path).endswith(".safetensors"):
-        return Loaded(load_model(path, device=device).eval(), str(path))
-    state = load_checkpoint(path, map_location=device)
+    kind, file = resolve_saved(path)
+    if kind in ("weights", "enformer-pytorch"):
+        return Loaded(load_model(file, device=device).eval(), str(file))
+    state = load_checkpoint(file, map_location=device)
     config = config_from_dict(state["config"], where=state["path"])
-    model = Enformer(config.model).to(device)
+    model = build_model(config.model).to(device)
+    if any(".lora_" in k for k in state["model"]):
+        add_lora(model, config.train.lora_rank, list(config.train.lora_targets))
     model.load_state_dict(state["model"])
-    return Loaded(model.eval(), state["path"], config, state["step"])
+    return Loaded(merge_lora(model).eval(), state["path"], config, state["step"])
+
+
+def targets_for(loaded: Loaded, head: str, path: str | None = None) -> list[dict] | None:
+    """Rows of targets.txt for `head`: `path` (--targets) when given, else the training store's when
+    it is still there, else None (tracks are then known by index only)."""
+    from .data.store import targets_path
+    from .data.targets import read_targets
+
+    if path:
+        if not os.path.exists(path):
+            raise UserError(f"--targets {path}: no such file")
+        return read_targets(path)
+    store_targets = targets_path(loaded.stores[head]) if head in loaded.stores else None
+    return read_targets(store_targets) if store_targets and os.path.exists(store_targets) else None
+
+
+# -- tracks -------------------------------------------------------------------------------------
+
+
+def select_tracks(spec: str | None, num_tracks: int, targets: list[dict] | None) -> list[int]:
+    """Track indices from `--tracks`: '0,5,12' or descriptions ('CAGE:liver' matches descriptions
+    containing it, case-insensitive), in the order given, without repeats; every track when empty."""
+    if not spec:
+        return list(range(num_tracks))
+    chosen: list[int] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if item.isdigit():
+            index = int(item)
+            if index >= num_tracks:
+                raise UserError(f"--tracks: track {index} does not exist; the head has {num_tracks} tracks (0-{num_tracks - 1})")
+            chosen.append(index)
+            continue
+        if targets is None:
+            raise UserError(f"--tracks {item!r}: choosing by description needs targets.txt; give --targets FILE")
+        hits = [i for i, row in enumerate(targets) if item.lower() in row.get("description", "").lower()]
+        if not hits:
+            raise UserError(f"--tracks {item!r}: no track description contains it")
+        chosen.extend(hits)
+    return list(dict.fromkeys(chosen))
 
 
 # -- windows ------------------------------------------------------------------------------------
@@ -85,13 +148,13 @@ def fetch_windows(genome, chrom: str, starts: list[int], length: int) -> np.ndar
 # -- strands and shifts -------------------------------------------------------------------------
 
 
-def tta_views(tta: bool, max_shift: int = 1) -> list[Fixed]:
+def tta_views(tta: bool, max_shift: int = 1) -> list[FixedView]:
     """The views a prediction averages over: the forward strand alone, or with `tta` the forward
     and reverse-complement strands at shifts 0, -1 and +1 (where the margin allows a shift)."""
     if not tta:
-        return [Fixed(0, False)]
+        return [FixedView(0, False)]
     shifts = [0] + ([-1, 1] if max_shift >= 1 else [])
-    return [Fixed(s, rc) for s in shifts for rc in (False, True)]
+    return [FixedView(s, rc) for s in shifts for rc in (False, True)]
 
 
 def to_forward_strand(pred: torch.Tensor, reverse: bool, strand_pair: torch.Tensor | None) -> torch.Tensor:
@@ -108,23 +171,20 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def predict_codes(model: Enformer, codes: np.ndarray | torch.Tensor, head: str, views: list[Fixed] | None = None,
+def predict_codes(model: Enformer, codes: np.ndarray | torch.Tensor, head: str, views: list[FixedView] | None = None,
                   strand_pair: torch.Tensor | None = None, autocast: bool = False) -> torch.Tensor:
     """Predictions [batch, target_length, tracks] (float32, on the model's device) for windows of
     codes [batch, sequence_length + 2 m], m >= the largest shift of `views`, each window centred on
     the model's input: the mean over the views, each mapped back to the forward strand."""
-    views = views or [Fixed(0, False)]
+    views = views or [FixedView(0, False)]
     device = next(model.parameters()).device
     codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
     length = model.config.sequence_length
-    margin = codes.shape[-1] - length
-    if margin < 0 or margin % 2 or margin // 2 < max(v.max_shift for v in views):
-        raise ValueError(f"windows of {codes.shape[-1]} bp cannot give centred {length}-bp inputs with "
-                         f"shifts of up to {max(v.max_shift for v in views)}")
+    margin = window_margin(codes.shape[-1], length, max(v.max_shift for v in views))
     complement = torch.as_tensor(COMPLEMENT)
     total = None
     for view in views:
-        offset = margin // 2 + view.shift
+        offset = margin + view.shift
         x = codes[..., offset:offset + length]
         if view.reverse:
             x = complement[x.flip(-1).long()]
@@ -136,14 +196,18 @@ def predict_codes(model: Enformer, codes: np.ndarray | torch.Tensor, head: str, 
 
 
 def predict_region(model: Enformer, genome, chrom: str, start: int, end: int, head: str,
-                   batch_size: int = 2) -> tuple[np.ndarray, int]:
+                   batch_size: int = 2, show_progress: bool = False) -> tuple[np.ndarray, int]:
     """[bins, tracks] float32 predictions over the output spans centred on chrom:start-end, and the
     first span's start (the region is tiled with adjacent windows when longer than one span)."""
+    from .progress import progress
+
     if chrom not in genome:
         raise UserError(f"{genome.path}: no sequence named {chrom!r}")
     starts, span_start = tile(model, start, end)
     out = []
-    for i in range(0, len(starts), batch_size):
-        codes = fetch_windows(genome, chrom, starts[i:i + batch_size], model.config.sequence_length)
-        out.append(predict_codes(model, codes, head).cpu())
+    with progress(len(starts), "predict", "window", enabled=show_progress and len(starts) > 1) as bar:
+        for i in range(0, len(starts), batch_size):
+            codes = fetch_windows(genome, chrom, starts[i:i + batch_size], model.config.sequence_length)
+            out.append(predict_codes(model, codes, head).cpu())
+            bar.update(len(codes))
     return torch.cat(out).flatten(0, 1).numpy(), span_start

@@ -5,16 +5,14 @@ longer than one output span (target_length x bin_size bp) is tiled with adjacent
 """
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 import torch
 
 from .data.genome import Genome
-from .data.targets import read_targets
 from .errors import UserError
-from .infer import load, predict_region
+from .infer import load, output_span, predict_region, select_tracks, targets_for
 
 _REGION = re.compile(r"^([^:\s]+):([\d,]+)-([\d,]+)$")
 
@@ -30,27 +28,6 @@ def parse_region(text: str) -> tuple[str, int, int]:
     return chrom, start, end
 
 
-def select_tracks(spec: str | None, num_tracks: int, targets: list[dict] | None) -> list[int]:
-    """'0,5,12' or descriptions ('CAGE:liver' matches descriptions containing it, case-insensitive)."""
-    if not spec:
-        return list(range(num_tracks))
-    chosen: list[int] = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
-        if item.isdigit():
-            index = int(item)
-            if index >= num_tracks:
-                raise UserError(f"--tracks: track {index} does not exist; the head has {num_tracks} tracks (0-{num_tracks - 1})")
-            chosen.append(index)
-            continue
-        if targets is None:
-            raise UserError(f"--tracks {item!r}: choosing by description needs targets.txt; give --targets FILE")
-        hits = [i for i, row in enumerate(targets) if item.lower() in row.get("description", "").lower()]
-        if not hits:
-            raise UserError(f"--tracks {item!r}: no track description contains it")
-        chosen.extend(hits)
-    return list(dict.fromkeys(chosen))
-
-
 def write_bigwig(path: str, chrom: str, chrom_length: int, span_start: int, bin_size: int, values: np.ndarray) -> None:
     import pyBigWig
 
@@ -62,10 +39,16 @@ def write_bigwig(path: str, chrom: str, chrom_length: int, span_start: int, bin_
     bw.close()
 
 
+_BIGWIG = (".bw", ".bigwig", ".bigWig")
+
+
 def run_predict(args) -> str:
+    """Predict, write --out, and return what was predicted and written (lines for the user)."""
+    if not args.out.endswith((".npz", *_BIGWIG)):
+        raise UserError(f"--out {args.out}: unknown format; name the file .npz (NumPy arrays) or .bw (bigWig)")
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     loaded = load(args.checkpoint, device)
-    model, stores = loaded.model, loaded.stores
+    model = loaded.model
     head = args.organism or next(iter(model.heads))
     if head not in model.heads:
         raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
@@ -73,15 +56,17 @@ def run_predict(args) -> str:
     genome = Genome(args.fasta)
     if chrom not in genome:
         raise UserError(f"{args.fasta}: no sequence named {chrom!r} (region {args.region})")
-    targets_path = args.targets or (os.path.join(stores[head], "targets.txt") if head in stores else None)
-    targets = read_targets(targets_path) if targets_path and os.path.exists(targets_path) else None
-    pred, span_start = predict_region(model, genome, chrom, start, end, head)
+    if start >= genome.lengths[chrom]:
+        raise UserError(f"region {args.region}: starts past the end of {chrom} ({genome.lengths[chrom]:,} bp)")
+    targets = targets_for(loaded, head, args.targets)
+    pred, span_start = predict_region(model, genome, chrom, start, end, head, show_progress=True)
     tracks = select_tracks(args.tracks, pred.shape[1], targets)
     pred = pred[:, tracks]
     bin_size = model.config.bin_size
     out = args.out
+    written = [out]
     descriptions = [targets[i].get("description", "") if targets else "" for i in tracks]
-    if out.endswith((".bw", ".bigwig", ".bigWig")):
+    if out.endswith(_BIGWIG):
         try:
             import pyBigWig  # noqa: F401
         except ImportError:
@@ -90,10 +75,21 @@ def run_predict(args) -> str:
             write_bigwig(out, chrom, genome.lengths[chrom], span_start, bin_size, pred[:, 0])
         else:
             stem = out.rsplit(".", 1)[0]
-            for k, t in enumerate(tracks):
-                write_bigwig(f"{stem}.track{t}.bw", chrom, genome.lengths[chrom], span_start, bin_size, pred[:, k])
+            written = [f"{stem}.track{t}.bw" for t in tracks]
+            for k, name in enumerate(written):
+                write_bigwig(name, chrom, genome.lengths[chrom], span_start, bin_size, pred[:, k])
     else:
         np.savez(out, predictions=pred, tracks=np.array(tracks), descriptions=np.array(descriptions),
                  chrom=chrom, start=span_start, end=span_start + pred.shape[0] * bin_size, bin_size=bin_size,
                  organism=head)
-    return out
+    span_end = span_start + pred.shape[0] * bin_size
+    lines = [f"predicted {chrom}:{span_start:,}-{span_end:,} ({pred.shape[0]} bins of {bin_size} bp: the region "
+             f"{chrom}:{start:,}-{end:,} tiled with whole output windows of {output_span(model):,} bp), "
+             f"{len(tracks)} {head} track{'s' if len(tracks) != 1 else ''}"]
+    if span_start < 0 or span_end > genome.lengths[chrom]:
+        lines.append(f"  bins past the ends of {chrom} (0-{genome.lengths[chrom]:,}) saw N and are not genome")
+    if len(written) == 1:
+        lines.append(f"wrote {written[0]}")
+    else:
+        lines.append(f"wrote {len(written)} bigWigs, one per track: {written[0]} ... {written[-1]}")
+    return "\n".join(lines)

@@ -1,0 +1,404 @@
+"""`enformer-train score-variants`: the change an allele makes to every predicted track.
+
+For a VCF record at POS (1-based), pos0 = POS - 1 and, with L the model's input length:
+- the reference window is the FASTA's [pos0 - L/2, pos0 + L/2) (N past a chromosome's ends), so the
+  variant's first base sits at index L/2;
+- the alternative window keeps the L/2 bases left of pos0, then the ALT allele in place of the REF
+  bases, then the FASTA after REF, trimmed or extended on the right to exactly L bases (Basenji's
+  convention: an insertion pushes bases out of the right end, a deletion pulls more genome in).
+Scores per variant and track, over the output bins: SAD = sum(alt - ref), SAR = sum(log2(alt + 1) -
+log2(ref + 1)). Both are sums of per-window terms, so each window is reduced to two [tracks] vectors
+as soon as it is predicted, and the reference window of a position is predicted once for all the
+alleles there.
+
+Work is cut into chunks of consecutive variants (never splitting a position); chunk c goes to rank
+c mod world size among the chunks not yet done. Each finished chunk is a file in OUT.partial/, so a
+stopped run resumes where it was; rank 0 assembles the output when every chunk is there.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .data.genome import Genome, decode, encode
+from .errors import UserError
+from .files import atomic_write
+from .infer import load, predict_codes, select_tracks, targets_for, tta_views
+
+STATS = ("SAD", "SAR")
+REF_MISMATCH = ("error", "skip", "warn")
+_ALLELE = re.compile(r"^[ACGTNacgtn]+$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One alternative allele of a VCF record."""
+
+    chrom: str
+    pos: int  # VCF POS, 1-based
+    id: str
+    ref: str
+    alt: str
+    line: int  # line of the VCF file
+
+    @property
+    def pos0(self) -> int:
+        return self.pos - 1
+
+
+@dataclass
+class Skipped:
+    symbolic: int = 0  # <DEL>, *, breakends, '.': no sequence to put in a window
+    ref_mismatch: int = 0  # skipped (--ref-mismatch skip) or kept with a warning (warn)
+
+
+def _is_symbolic(allele: str) -> bool:
+    return allele in ("*", ".") or allele.startswith("<") or "[" in allele or "]" in allele
+
+
+def _open_text(path: str):
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such VCF file") from None
+    if magic == b"\x1f\x8b":  # gzip or bgzip (many gzip members, read as one stream)
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def read_vcf(path: str) -> tuple[list[Variant], Skipped]:
+    """Variants of a VCF (plain or gzip), one per alternative allele, in file order, and the count of
+    symbolic alleles skipped. A malformed line is a UserError naming it."""
+    variants: list[Variant] = []
+    skipped = Skipped()
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            where = f"{path}, line {number}"
+            if len(fields) < 5:
+                raise UserError(f"{where}: {len(fields)} tab-separated field(s); expected at least 5 "
+                                f"(CHROM POS ID REF ALT)")
+            chrom, pos, vid, ref, alts = fields[:5]
+            if not pos.isdigit() or int(pos) < 1:
+                raise UserError(f"{where}: POS {pos!r} is not a positive integer (VCF POS is 1-based)")
+            if not _ALLELE.match(ref):
+                raise UserError(f"{where}: REF {ref!r} is not a sequence of A, C, G, T, N")
+            for alt in alts.split(","):
+                if _is_symbolic(alt):
+                    skipped.symbolic += 1
+                    continue
+                if not _ALLELE.match(alt):
+                    raise UserError(f"{where}: ALT {alt!r} is not a sequence of A, C, G, T, N nor a symbolic allele")
+                name = vid if vid not in ("", ".") else f"{chrom}:{pos}:{ref.upper()}:{alt.upper()}"
+                variants.append(Variant(chrom, int(pos), name, ref.upper(), alt.upper(), number))
+    return variants, skipped
+
+
+def check_reference(variants: list[Variant], genome: Genome, vcf: str, policy: str = "error",
+                    skipped: Skipped | None = None) -> list[Variant]:
+    """The variants whose chromosome is in the genome and whose REF matches it. A chromosome absent
+    from the FASTA is an error naming the line; a REF mismatch is one too unless `policy` is 'skip'
+    (drop it) or 'warn' (keep it, say so on stderr)."""
+    skipped = skipped if skipped is not None else Skipped()
+    kept, warned = [], 0
+    for v in variants:
+        if v.chrom not in genome:
+            raise UserError(f"{vcf}, line {v.line}: chromosome {v.chrom!r} is not in {genome.path}; "
+                            f"its sequences are {', '.join(list(genome.lengths)[:5])}"
+                            f"{', ...' if len(genome.lengths) > 5 else ''}")
+        found = genome.fetch(v.chrom, v.pos0, v.pos0 + len(v.ref))
+        if not np.array_equal(found, encode(v.ref)):
+            if policy == "error":
+                raise UserError(f"{vcf}, line {v.line}: REF {v.ref} but {genome.path} has {decode(found)} at "
+                                f"{v.chrom}:{v.pos} (1-based); check the genome build, or pass "
+                                f"--ref-mismatch skip|warn")
+            skipped.ref_mismatch += 1
+            if policy == "skip":
+                continue
+            if warned < 10:
+                print(f"warning: {vcf}, line {v.line}: REF {v.ref} but the FASTA has {decode(found)}; "
+                      f"scored against the FASTA", file=sys.stderr)
+            warned += 1
+        kept.append(v)
+    return kept
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+
+def reference_window(genome: Genome, chrom: str, pos0: int, length: int) -> np.ndarray:
+    """[length] codes of [pos0 - length/2, pos0 + length/2): the variant's first base at length/2."""
+    return genome.fetch(chrom, pos0 - length // 2, pos0 + length // 2)
+
+
+def alternative_window(genome: Genome, variant: Variant, length: int) -> np.ndarray:
+    """[length] codes: the reference window with REF replaced by ALT at index length/2, the right side
+    trimmed (insertion) or extended from the FASTA (deletion) to keep `length` bases."""
+    half = length // 2
+    left = genome.fetch(variant.chrom, variant.pos0 - half, variant.pos0)
+    alt = encode(variant.alt)[:length - half]
+    after = variant.pos0 + len(variant.ref)
+    right = genome.fetch(variant.chrom, after, after + length - half - alt.size)
+    return np.concatenate([left, alt, right])
+
+
+def chunk_bounds(variants: list[Variant], size: int) -> list[tuple[int, int]]:
+    """[start, end) of consecutive chunks of about `size` variants, cut only where the position
+    changes, so the alleles of a position share one reference prediction."""
+    bounds, start = [], 0
+    for i in range(1, len(variants) + 1):
+        if i == len(variants) or (i - start >= size and (variants[i].chrom, variants[i].pos)
+                                  != (variants[i - 1].chrom, variants[i - 1].pos)):
+            bounds.append((start, i))
+            start = i
+    return bounds
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scorer:
+    """What scoring a window needs: the model and head, the tracks kept, the strand views."""
+
+    model: torch.nn.Module
+    genome: Genome
+    head: str
+    tracks: list[int]
+    stats: tuple[str, ...] = ("SAD",)
+    tta: bool = False
+    strand_pair: torch.Tensor | None = None
+    batch_size: int = 4
+    autocast: bool = False
+    windows: int = 0  # windows predicted so far (a reference window shared by alleles counts once)
+
+    def _sums(self, codes: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Per window, over the output bins: {'sum': sum(pred), 'log': sum(log2(pred + 1))}, [n, tracks] float64."""
+        views = tta_views(self.tta, max_shift=0)  # strands only: a shift would move the variant
+        tracks = torch.as_tensor(self.tracks)
+        out: dict[str, list[torch.Tensor]] = {"sum": [], "log": []}
+        for i in range(0, len(codes), self.batch_size):
+            pred = predict_codes(self.model, np.stack(codes[i:i + self.batch_size]), self.head, views,
+                                 self.strand_pair, self.autocast)
+            pred = pred[..., tracks.to(pred.device)].double()
+            out["sum"].append(pred.sum(1).cpu())
+            if "SAR" in self.stats:
+                out["log"].append(torch.log2(pred + 1).sum(1).cpu())
+            self.windows += pred.shape[0]
+        return {k: torch.cat(v) for k, v in out.items() if v}
+
+    def score(self, variants: list[Variant]) -> dict[str, np.ndarray]:
+        """{stat: [variants, tracks] float32} for `variants`; one reference window per position."""
+        length = self.model.config.sequence_length
+        positions = list(dict.fromkeys((v.chrom, v.pos0) for v in variants))
+        index = {p: i for i, p in enumerate(positions)}
+        ref_index = torch.as_tensor([index[(v.chrom, v.pos0)] for v in variants])
+        windows = [reference_window(self.genome, c, p, length) for c, p in positions]
+        windows += [alternative_window(self.genome, v, length) for v in variants]
+        sums = self._sums(windows)
+        n = len(positions)
+        out = {}
+        if "SAD" in self.stats:
+            out["SAD"] = (sums["sum"][n:] - sums["sum"][:n][ref_index]).float().numpy()
+        if "SAR" in self.stats:
+            out["SAR"] = (sums["log"][n:] - sums["log"][:n][ref_index]).float().numpy()
+        return out
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything that decides the scores; a resumed run must have the same."""
+
+    vcf: str
+    vcf_bytes: int
+    vcf_mtime_ns: int
+    checkpoint: str
+    head: str
+    tracks: list[int]
+    stats: list[str]
+    tta: bool
+    ref_mismatch: str
+    chunk_size: int
+    num_variants: int
+    sequence_length: int
+    chunks: list[list[int]] = field(default_factory=list)
+
+
+def _partial_dir(out: str) -> str:
+    return out + ".partial"
+
+
+def _chunk_path(partial: str, c: int) -> str:
+    return os.path.join(partial, f"chunk-{c:06d}.npz")
+
+
+def _write_chunk(path: str, scores: dict[str, np.ndarray]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **scores)
+
+    atomic_write(path, write)
+
+
+def _read_chunk(path: str, n: int, stats: list[str]) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path) as z:
+            scores = {s: z[s] for s in stats}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    return scores if all(v.shape[0] == n for v in scores.values()) else None
+
+
+def write_output(out: str, variants: list[Variant], scores: dict[str, np.ndarray], target_ids: list[str],
+                 target_labels: list[str]) -> None:
+    """`out` atomically: HDF5 in Basenji's sad.h5 layout, or a .tsv with a column per stat and track."""
+    if out.endswith(".tsv"):
+        def write(tmp: str) -> None:
+            columns = [f"{s}:{t}" for s in scores for t in target_ids]
+            with open(tmp, "w") as f:
+                f.write("\t".join(["snp", "chr", "pos", "ref_allele", "alt_allele", *columns]) + "\n")
+                for i, v in enumerate(variants):
+                    values = [f"{x:.6g}" for s in scores for x in scores[s][i].astype(np.float32)]
+                    f.write("\t".join([v.id, v.chrom, str(v.pos), v.ref, v.alt, *values]) + "\n")
+    else:
+        import h5py
+
+        def write(tmp: str) -> None:
+            f16 = np.finfo(np.float16)
+            with h5py.File(tmp, "w") as h5:
+                h5.create_dataset("snp", data=np.array([v.id for v in variants], "S"))
+                h5.create_dataset("chr", data=np.array([v.chrom for v in variants], "S"))
+                h5.create_dataset("pos", data=np.array([v.pos for v in variants], dtype="uint32"))
+                h5.create_dataset("ref_allele", data=np.array([v.ref for v in variants], "S"))
+                h5.create_dataset("alt_allele", data=np.array([v.alt for v in variants], "S"))
+                h5.create_dataset("target_ids", data=np.array(target_ids, "S"))
+                h5.create_dataset("target_labels", data=np.array(target_labels, "S"))
+                for stat, values in scores.items():
+                    # float16 as Basenji writes it, clipped to its range rather than overflowing to inf
+                    h5.create_dataset(stat, data=np.clip(values, f16.min, f16.max).astype(np.float16))
+
+    atomic_write(out, write)
+
+
+def score_variants(args) -> dict:
+    """`enformer-train score-variants` (under torchrun too). Rank 0 writes --out and returns the counts
+    (variants, scored by this rank, windows predicted, seconds, skipped); other ranks return None."""
+    from .data.targets import strand_pairs
+    from .train.distributed import barrier, setup, teardown
+
+    out = args.out
+    if not out.endswith((".h5", ".hdf5", ".tsv")):
+        raise UserError(f"--out {out}: expected .h5 (Basenji's sad.h5 layout) or .tsv")
+    if not out.endswith(".tsv"):
+        try:
+            import h5py  # noqa: F401
+        except ImportError:
+            raise UserError("HDF5 output needs h5py (pip install 'enformer-train[variants]'); or write .tsv") from None
+    if os.path.exists(out) and not args.force:
+        raise UserError(f"--out {out} exists; pass --force to replace it")
+    for name, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
+        if value < 1:
+            raise UserError(f"{name} {value}: must be at least 1")
+    stats = [s.strip().upper() for s in (args.stats or "SAD").split(",") if s.strip()]
+    for s in stats:
+        if s not in STATS:
+            raise UserError(f"--stats {s!r}: expected SAD and/or SAR")
+    world = setup(args.device, getattr(args, "collective_timeout_s", 600.0), "score-variants")
+    try:
+        loaded = load(args.checkpoint, world.device)
+        model = loaded.model
+        head = args.organism or next(iter(model.heads))
+        if head not in model.heads:
+            raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
+        rows = targets_for(loaded, head, args.targets)
+        num_tracks = model.config.heads[head]
+        tracks = select_tracks(args.tracks, num_tracks, rows)
+        genome = Genome(args.fasta)
+        variants, skipped = read_vcf(args.vcf)
+        variants = check_reference(variants, genome, args.vcf, args.ref_mismatch, skipped)
+        bounds = chunk_bounds(variants, args.chunk_size)
+        stat = os.stat(args.vcf)
+        plan = Plan(os.path.abspath(args.vcf), stat.st_size, stat.st_mtime_ns, os.path.abspath(loaded.path), head,
+                    tracks, stats, bool(args.tta), args.ref_mismatch, args.chunk_size, len(variants),
+                    model.config.sequence_length, [list(b) for b in bounds])
+        partial = _partial_dir(out)
+        manifest = os.path.join(partial, "plan.json")
+        stale = False
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                stale = json.load(f) != json.loads(json.dumps(asdict(plan)))
+            if stale and not args.force:
+                raise UserError(f"{partial} holds a stopped run with other inputs or options (VCF, model, tracks, "
+                                f"stats, --tta, --chunk-size); rerun with those, or pass --force to start afresh")
+        barrier()
+        if world.is_main:
+            if stale:
+                shutil.rmtree(partial)
+            os.makedirs(partial, exist_ok=True)
+            if not os.path.exists(manifest):
+                with open(manifest + ".tmp", "w") as f:
+                    json.dump(asdict(plan), f)
+                os.replace(manifest + ".tmp", manifest)
+        barrier()
+        todo = [c for c, (a, b) in enumerate(bounds)
+                if _read_chunk(_chunk_path(partial, c), b - a, stats) is None]
+        barrier()  # every rank has listed the chunks to do before any rank writes one
+        mine = todo[world.rank::world.world_size]
+        pair = None
+        if args.tta and rows is not None:
+            pair = torch.as_tensor(strand_pairs(rows, args.targets or "targets.txt"), device=world.device)
+        scorer = Scorer(model, genome, head, tracks, tuple(stats), bool(args.tta), pair, args.batch_size,
+                        autocast=bool(getattr(args, "bf16", False)))
+        if world.is_main and len(todo) < len(bounds):
+            print(f"resuming from {partial}: {len(bounds) - len(todo)} of {len(bounds)} chunks done", file=sys.stderr)
+        started = time.time()
+        scored = 0
+        from .progress import progress
+
+        # a bar with variants/s and ETA on a terminal, a plain line a minute in a log file
+        with progress(sum(bounds[c][1] - bounds[c][0] for c in mine), "scoring", "variant",
+                      enabled=world.is_main and not getattr(args, "quiet", False)) as bar:
+            for c in mine:
+                a, b = bounds[c]
+                _write_chunk(_chunk_path(partial, c), scorer.score(variants[a:b]))
+                scored += b - a
+                bar.update(b - a)
+        seconds = time.time() - started
+        barrier()
+        summary = {"variants": len(variants), "scored": scored, "windows": scorer.windows, "seconds": seconds,
+                   "symbolic": skipped.symbolic, "ref_mismatch": skipped.ref_mismatch, "out": out}
+        if world.is_main:
+            scores = {s: [] for s in stats}
+            for c, (a, b) in enumerate(bounds):
+                chunk = _read_chunk(_chunk_path(partial, c), b - a, stats)
+                if chunk is None:
+                    raise UserError(f"{_chunk_path(partial, c)}: missing or unreadable after every rank finished; "
+                                    f"run the command again to score it")
+                for s in stats:
+                    scores[s].append(chunk[s])
+            merged = {s: np.concatenate(v) if v else np.zeros((0, len(tracks)), np.float32)
+                      for s, v in scores.items()}
+            ids = [rows[t]["identifier"] if rows else str(t) for t in tracks]
+            labels = [rows[t].get("description", "") if rows else "" for t in tracks]
+            write_output(out, variants, merged, ids, labels)
+            shutil.rmtree(partial, ignore_errors=True)
+            return summary
+        return None
+    finally:
+        teardown()
