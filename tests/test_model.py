@@ -171,6 +171,9 @@ def test_config_errors_name_the_option():
         EnformerConfig(pooling="mean")
     with pytest.raises(UserError, match="unknown model option"):
         EnformerConfig.from_dict({"chanels": 3})
+    # channels 192 with the default tower_divisible_by 128: the tower would end with 256 filters
+    with pytest.raises(UserError, match="tower_divisible_by 128"):
+        EnformerConfig(channels=192)
 
 
 def test_fused_functions_have_exact_gradients():
@@ -211,3 +214,30 @@ def test_fused_functions_have_exact_gradients():
     torch.testing.assert_close(seeded(logits, v), expected)
     assert 0 < (~mask).sum() < mask.numel()
 
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_attend_backward_under_autocast_with_a_float32_softmax(rate):
+    """CUDA's autocast keeps the softmax in float32 and runs the product with v in bf16, so the
+    backward receives a bf16 gradient beside a float32 softmax (found on the first GPU run: the
+    training step failed with 'expected scalar type Float but found BFloat16'). The same dtypes are
+    set up here on the CPU; gradients must match float32 autograd to bf16 precision."""
+    from enformer_train.model.ops import attend
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, generator=g, requires_grad=True)  # float32, as the softmax sees it
+    v = torch.randn(2, 3, 16, 8, generator=g).to(torch.bfloat16).requires_grad_()
+    grad = torch.randn(2, 3, 16, 8, generator=g)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attend(logits, v, rate, True)
+    assert out.dtype == torch.bfloat16
+    out.backward(grad.to(torch.bfloat16))
+
+    torch.manual_seed(1)
+    keep = ~torch.empty(2, 3, 16, 16, dtype=torch.bool).bernoulli_(rate) if rate else torch.ones(2, 3, 16, 16, dtype=torch.bool)
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref_v = v.detach().float().requires_grad_()
+    (torch.matmul(ref_logits.softmax(-1) * keep / (1 - rate), ref_v) * grad).sum().backward()
+    for got, ref in ((logits.grad, ref_logits.grad), (v.grad, ref_v.grad)):
+        assert got.dtype == (torch.float32 if got is logits.grad else torch.bfloat16)
+        assert float((got.float() - ref).norm() / ref.norm()) < 2e-2

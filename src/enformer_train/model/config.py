@@ -70,6 +70,10 @@ class EnformerConfig:
             bad(f"pooling must be 'attention' or 'max', got {self.pooling!r}")
         if not self.heads:
             bad("at least one head is needed, e.g. heads: {human: 5313}")
+        if self.tower_filters[-1] != self.channels:
+            bad(f"the conv tower ends with {self.tower_filters[-1]} filters (channels {self.channels} rounded to a "
+                f"multiple of tower_divisible_by {self.tower_divisible_by}), not channels: make channels a "
+                f"multiple of tower_divisible_by, or lower it")
         if self.sequence_length % self.bin_size:
             bad(f"sequence_length {self.sequence_length} is not a multiple of the bin size {self.bin_size}")
         for name in ("dropout_rate", "attention_dropout_rate", "positional_dropout_rate", "final_dropout_rate"):

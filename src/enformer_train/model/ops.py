@@ -161,9 +161,12 @@ class AttendFunction(torch.autograd.Function):
         p, v, dropped = ctx.saved_tensors
         scale = 1.0 / (1.0 - ctx.rate)
         weights = p if dropped is None else p.masked_fill(dropped, 0.0).mul_(scale)
-        grad_v = torch.matmul(weights.transpose(-1, -2), grad)
+        # Under autocast the forward matmul ran in the gradient's dtype (bf16) while the softmax
+        # stayed float32 (CUDA's autocast keeps softmax in float32): the products here run in the
+        # dtype of the forward product, the softmax backward in the softmax's.
+        grad_v = torch.matmul(weights.transpose(-1, -2).to(grad.dtype), grad)
         del weights
-        grad_p = torch.matmul(grad, v.transpose(-1, -2))
+        grad_p = torch.matmul(grad, v.to(grad.dtype).transpose(-1, -2)).to(p.dtype)
         if dropped is not None:
             grad_p.masked_fill_(dropped, 0.0).mul_(scale)
         # softmax backward: p (grad_p - sum(grad_p p))
