@@ -6,11 +6,12 @@ from enformer_train.demo import run_demo
 
 
 def test_demo_end_to_end_with_few_steps(tmp_path, capfd):
-    result = run_demo(str(tmp_path / "demo"), steps=80, nproc=2)
+    result = run_demo(str(tmp_path / "demo"), steps=80, nproc=2, seed=3)
     root = tmp_path / "demo"
     run = root / "run"
     for name in ("config.yaml", "metrics.jsonl", "model.safetensors"):
         assert (run / name).exists(), name
+    assert "\n  seed: 3\n" in (run / "config.yaml").read_text()
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-00000080.pt"
     assert (run / "training.png").stat().st_size > 10_000
     assert len(list(run.glob("tracks-*-valid*.png"))) == 6

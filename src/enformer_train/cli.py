@@ -112,7 +112,7 @@ def _cmd_score_variants(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, steps=args.steps, nproc=args.nproc, device=args.device)
+    run_demo(args.out, steps=args.steps, nproc=args.nproc, device=args.device, seed=args.seed)
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
@@ -143,6 +143,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--steps", type=int, help="training steps (default: configs/tiny.yaml's)")
     p.add_argument("--nproc", type=int, default=2, help="training processes (torchrun; default 2)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--seed", type=int, help="training seed: initial weights and batch order (default: configs/tiny.yaml's, 0)")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -74,7 +74,8 @@ def fresh_run_dir(root: Path) -> Path:
     return run_dir
 
 
-def run_demo(out: str = "enformer-demo", steps: int | None = None, nproc: int = 2, device: str = "cpu") -> dict:
+def run_demo(out: str = "enformer-demo", steps: int | None = None, nproc: int = 2, device: str = "cpu",
+             seed: int | None = None) -> dict:
     from .data.prepare import prepare
     from .data.synthetic import BarnyardConfig, write_barnyard
     from .plots import plot_training
@@ -95,6 +96,8 @@ def run_demo(out: str = "enformer-demo", steps: int | None = None, nproc: int = 
     overrides = [f"data.stores.{o}={p}" for o, p in stores.items()]
     overrides += [f"train.run_dir={run_dir}", f"train.device={device}", "train.eval_at_start=true",
                   f"model.sequence_length={sequence_length}"]
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
     if steps is not None:
         overrides += [f"train.steps={steps}", f"train.eval_every={max(1, steps // 4)}",
                       f"train.checkpoint_every={max(1, steps // 4)}", f"train.warmup_steps={max(1, steps // 16)}"]

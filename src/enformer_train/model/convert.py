@@ -111,8 +111,11 @@ def _assemble(config: EnformerConfig, table: Table, source: dict[str, torch.Tens
 
 def _infer_tower(filters: list[int], channels: int, where: str) -> int:
     for div in (128, 64, 32, 16, 8, 4, 2, 1):
-        cfg = EnformerConfig(channels=channels, num_conv_tower_blocks=len(filters), tower_divisible_by=div,
-                             heads={"x": 1}, num_heads=1, sequence_length=2 ** (len(filters) + 1))
+        try:
+            cfg = EnformerConfig(channels=channels, num_conv_tower_blocks=len(filters), tower_divisible_by=div,
+                                 heads={"x": 1}, num_heads=1, sequence_length=2 ** (len(filters) + 1))
+        except UserError:  # a rounding whose tower does not end at channels
+            continue
         if cfg.tower_filters == filters:
             return div
     raise UserError(f"{where}: conv tower filters {filters} are not exponentially spaced from {channels // 2} "
