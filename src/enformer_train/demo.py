@@ -100,7 +100,7 @@ def run_demo(out: str = "enformer-demo", steps: int | None = None, nproc: int = 
         overrides.append(f"train.seed={seed}")
     if steps is not None:
         overrides += [f"train.steps={steps}", f"train.eval_every={max(1, steps // 4)}",
-                      f"train.checkpoint_every={max(1, steps // 4)}", f"train.warmup_steps={max(1, steps // 16)}"]
+                      f"train.checkpoint_every={max(1, steps // 4)}", f"train.warmup_steps={max(1, steps // 4)}"]
     command = _train_command(nproc, packaged_config("tiny.yaml"), overrides)
     print(f"training on {nproc} process{'es' if nproc > 1 else ''}: {' '.join(command[1:6])} ...")
     result = subprocess.run(command)

@@ -25,16 +25,13 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, gelu, world):
         channels = x.shape[1]
-        # Per-channel moments: row sums along the length (contiguous, fast; torch.var_mean over
-        # (batch, length) was a third of a CPU training step), then float64 over the batch and,
-        # with `world` > 1, over the ranks in one all-reduce of (sum x, M2 + n mean^2, count). M2, the
-        # squared deviations from this rank's mean, is summed in two passes: no cancellation.
+        # Per-channel moments from row sums along the length (contiguous, fast: torch.var_mean over
+        # (batch, length) was a third of a CPU training step), added up over rows in float64 and, with
+        # `world` > 1, over ranks in one all-reduce of (sum x, sum x^2, count). Every row's sums are
+        # the same whichever rank holds the row, so 1 rank and N ranks differ only by float64 order.
         n = x.shape[0] * x.shape[2]
-        local_mean = _row_sums(x).sum(0) / n
-        deviation = x - local_mean.to(x.dtype)[None, :, None]
-        local = torch.cat([local_mean * n, _row_dots(deviation, deviation).sum(0) + n * local_mean * local_mean,
+        local = torch.cat([_row_sums(x).sum(0), _row_dots(x, x).sum(0),
                            torch.tensor([n], dtype=torch.float64, device=x.device)])
-        del deviation
         if world > 1:
             dist.all_reduce(local)
         count = local[-1] if world > 1 else n
