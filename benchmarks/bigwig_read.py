@@ -10,6 +10,7 @@ table: spans/s and Mbp/s per library (best of `--repeats`, alternating), and whe
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -32,26 +33,14 @@ def write_track(path: str, chrom_len: int, rng: np.random.Generator, gaps: float
     bw.close()
 
 
-def read_pybigwig(paths, spans):
-    import pyBigWig
+def read(backend: str, paths, spans):
+    """Every span of every track through the project's reader (data/coverage.py) on `backend`."""
+    from enformer_train.data.coverage import BigWig
 
     out = []
     for path in paths:
-        bw = pyBigWig.open(path)
-        out.append([bw.values("chr1", s, e, numpy=True).astype(np.float32) for s, e in spans])
-        bw.close()
-    return out
-
-
-def read_pybigtools(paths, spans):
-    import pybigtools
-
-    out = []
-    for path in paths:
-        bw = pybigtools.open(path)
-        # fillna=None: NaN where the file has no data (and no fill pass)
-        out.append([bw.values("chr1", s, e, fillna=None).astype(np.float32) for s, e in spans])
-        bw.close()
+        with BigWig(path, backend=backend) as bw:
+            out.append([bw.values("chr1", s, e) for s, e in spans])
     return out
 
 
@@ -71,7 +60,7 @@ def main() -> None:
             write_track(path, chrom_len, rng)
         starts = rng.integers(0, chrom_len - args.span, args.regions)
         spans = [(int(s), int(s) + args.span) for s in starts]
-        readers = {"pyBigWig": read_pybigwig, "pybigtools": read_pybigtools}
+        readers = {name: functools.partial(read, name) for name in ("pyBigWig", "pybigtools")}
         results, best = {}, {name: float("inf") for name in readers}
         for name, fn in readers.items():
             fn(paths, spans[:5])  # imports, file headers and the page cache warm for both

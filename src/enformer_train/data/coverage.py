@@ -22,6 +22,7 @@ negative slice start skips it), and `median` pools by the median (there it raise
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -283,21 +284,18 @@ class BigWig:
     """One bigWig file, opened once: `chroms` {name: length}; `values(chrom, start, end)` -> [end -
     start] float32, NaN where the file has no data. `where` names the track in error messages."""
 
-    def __init__(self, path: str, where: str = ""):
+    def __init__(self, path: str, where: str = "", backend: str | None = None):
+        """`backend`: 'pybigtools' or 'pyBigWig' (benchmarks compare them); default: the faster installed."""
         self.path = path
         where = where or path
         if not os.path.isfile(path):
             raise UserError(f"{where}: bigWig {path} does not exist")
-        self.backend, module = _backend()
+        self.backend, module = (backend, importlib.import_module(backend)) if backend else _backend()
         try:
-            if self.backend == "pybigtools":
-                self._file = module.open(path)
-                self.chroms = dict(self._file.chroms())
-            else:
-                self._file = module.open(path)
-                if self._file is None or not self._file.isBigWig():
-                    raise RuntimeError("not a bigWig")
-                self.chroms = dict(self._file.chroms())
+            self._file = module.open(path)
+            if self.backend == "pyBigWig" and (self._file is None or not self._file.isBigWig()):
+                raise RuntimeError("not a bigWig")
+            self.chroms = dict(self._file.chroms())
         except UserError:
             raise
         except Exception as e:  # each library raises its own types for a damaged or foreign file
