@@ -177,3 +177,36 @@ def test_shipped_configs_load(name):
         assert config.model.heads == {"human": 5313, "mouse": 1643} and config.data.max_shift == 3
     else:
         assert config.train.schedule == "cosine" and config.model.channels == 64
+
+
+def test_init_head_bias_starts_each_track_at_its_mean_and_a_resume_keeps_the_trained_bias(tmp_path):
+    from enformer_train.config import load_config
+    from enformer_train.train.trainer import Trainer
+
+    def trainer(steps, *extra, resume=False):
+        return Trainer(load_config(None, overrides(tmp_path / "run", steps, 4, *extra)), resume=resume)
+
+    first = trainer(2, "train.init_head_bias=true", "train.checkpoint_every=2")
+    try:
+        for organism in ("human", "mouse"):
+            store = Store(store_dir(organism), "train")  # fewer than 512 samples: the mean is over all
+            mean = np.mean([store.read_target(i).astype(np.float64).mean(axis=0) for i in range(len(store))], axis=0)
+            bias = first.model.heads[organism].linear.bias.detach().double()
+            np.testing.assert_allclose(torch.nn.functional.softplus(bias).numpy(), np.maximum(mean, 1e-3), rtol=1e-5)
+            assert mean.min() < 0.9 * mean.max()  # the tracks' levels differ: a common value would not pass
+        first.fit()
+        trained = {o: h.linear.bias.detach().clone() for o, h in first.model.heads.items()}
+    finally:
+        first.close()
+    resumed = trainer(4, "train.init_head_bias=true", "train.checkpoint_every=2", resume=True)
+    try:
+        assert resumed.step == 2
+        for organism, bias in trained.items():  # from the checkpoint, not set again from the targets
+            assert torch.equal(resumed.model.heads[organism].linear.bias.detach(), bias)
+    finally:
+        resumed.close()
+    plain = Trainer(load_config(None, overrides(tmp_path / "plain", 1, 4)))
+    try:
+        assert all(torch.count_nonzero(h.linear.bias) == 0 for h in plain.model.heads.values())  # off by default
+    finally:
+        plain.close()

@@ -45,6 +45,9 @@ class TrainConfig:
     adam_betas: tuple[float, float] = option((0.9, 0.999), "Adam's beta1, beta2")
     adam_eps: float = option(1e-8, "Adam's epsilon")
     clip_grad_norm: float = option(0.2, "clip gradients to this global norm, after the all-reduce; 0 disables")
+    init_head_bias: bool = option(False, "a fresh run starts each head's biases at its tracks' mean target in the "
+                                         "training split (softplus inverse), so the first steps need not move the "
+                                         "trunk to fit the tracks' levels")
     update: str = option("alternate", "'alternate' (an update per organism batch, the colab), 'sum' (one update "
                                       "on summed losses) or 'joint' (one forward over all organisms)")
     precision: str = option("auto", "'auto' (bf16 autocast on CUDA, float32 elsewhere), 'bf16' or 'fp32'")

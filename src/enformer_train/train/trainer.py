@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -106,6 +107,8 @@ class Trainer:
         # Fine-tuning: weights first (a resumed run has them in its checkpoint), then what trains.
         self.fine_tuning = finetune.setup(model, t, resumed=resume_from is not None)
 
+        if t.init_head_bias and resume_from is None:
+            init_head_biases(model, self.stores)
         self.optimizer = make_optimizer(model, t)
         self.step = 0
         self.nonfinite_total = 0
@@ -441,6 +444,19 @@ def _refusal(run_dir: Path) -> str | None:
     except UserError as e:
         return str(e)
     return None
+
+
+def init_head_biases(model, stores: dict, max_samples: int = 512) -> None:
+    """Each head's bias := softplus^-1 of its tracks' mean target over up to `max_samples` training
+    samples spread evenly over the split (the same samples, so the same values, on every rank)."""
+    for organism, store in stores.items():
+        picks = np.unique(np.linspace(0, len(store) - 1, min(max_samples, len(store))).round().astype(np.int64))
+        total = np.zeros(store.num_targets)
+        for i in picks:
+            total += store.read_target(int(i)).astype(np.float64).mean(axis=0)
+        mean = np.maximum(total / len(picks), 1e-3)  # an all-zero track starts at softplus(-6.9)
+        with torch.no_grad():
+            model.heads[organism].linear.bias.copy_(torch.from_numpy(np.log(np.expm1(mean))))
 
 
 def train(config: Config, resume: bool = False) -> dict[str, float]:
