@@ -34,7 +34,7 @@ class BatchNormFunction(torch.autograd.Function):
                            torch.tensor([n], dtype=torch.float64, device=x.device)])
         if world > 1:
             dist.all_reduce(local)
-        count = local[-1] if world > 1 else n
+        count = local[-1]
         mean64 = local[:channels] / count
         var = (local[channels:2 * channels] / count - mean64 * mean64).clamp_min(0.0).to(x.dtype)
         mean = mean64.to(x.dtype)
