@@ -210,3 +210,36 @@ def test_init_head_bias_starts_each_track_at_its_mean_and_a_resume_keeps_the_tra
         assert all(torch.count_nonzero(h.linear.bias) == 0 for h in plain.model.heads.values())  # off by default
     finally:
         plain.close()
+
+
+def test_learning_rate_multipliers_scale_each_modules_first_adam_step(tmp_path):
+    from enformer_train.config import load_config
+    from enformer_train.errors import UserError
+    from enformer_train.train.trainer import Trainer
+
+    # Adam's first update moves every parameter with a gradient by exactly its learning rate, so the
+    # step each module took is its rate: 1e-3 x its factor (the longest path that holds it wins).
+    trainer = Trainer(load_config(None, overrides(
+        tmp_path / "run", 1, 4, "train.warmup_steps=0", "train.update=joint", "train.clip_grad_norm=0",
+        "train.learning_rate_multipliers={transformer: 0.1, transformer.0.mlp_linear1: 3, heads.mouse: 0.5}")))
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.fit()
+        steps = {n: (p.detach() - before[n]).abs() for n, p in trainer.model.named_parameters()}
+    finally:
+        trainer.close()
+
+    def moved(name):
+        step = steps[name]
+        return step[step > 0].median().item()
+
+    for name, rate in [("stem.conv.weight", 1e-3), ("conv_tower.0.conv.conv.weight", 1e-3),
+                       ("transformer.0.mlp_linear2.weight", 1e-4), ("transformer.0.mlp_linear1.weight", 3e-3),
+                       ("final_pointwise.conv_block.conv.weight", 1e-3), ("heads.human.linear.weight", 1e-3),
+                       ("heads.mouse.linear.weight", 5e-4)]:
+        assert moved(name) == pytest.approx(rate, rel=1e-3), name
+    with pytest.raises(UserError, match="learning_rate_multipliers.transfomer: .*did you mean transformer"):
+        Trainer(load_config(None, overrides(tmp_path / "typo", 1, 4,
+                                            "train.learning_rate_multipliers={transfomer: 0.1}"))).close()
+    with pytest.raises(UserError, match=r"learning_rate_multipliers.stem=0: must be greater than 0"):
+        load_config(None, overrides(tmp_path / "zero", 1, 4, "train.learning_rate_multipliers={stem: 0}"))

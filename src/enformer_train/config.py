@@ -72,6 +72,8 @@ class TrainConfig:
     freeze: list[str] = option(list, "fine-tuning: module paths to freeze (stem, conv_tower, transformer.10, heads.NAME)")
     freeze_batchnorm: bool = option(False, "every batch norm keeps and normalises with its moving statistics")
     head_learning_rate: float | None = option(None, "learning rate of the heads; null: learning_rate")
+    learning_rate_multipliers: dict = option(dict, "module path -> factor on its parameters' learning rate, e.g. "
+                                                   "{transformer: 0.1}; the longest matching path wins")
     lora_rank: int = option(0, "low-rank adapters of this rank on lora_targets, the trunk frozen; 0: off")
     lora_targets: list[str] = option(lambda: ["attention.q", "attention.k", "attention.v", "attention.output",
                                               "mlp_linear1", "mlp_linear2"], "modules that get low-rank adapters")
@@ -171,6 +173,21 @@ def _number(section: str, key: str, value, base: set):
     return number
 
 
+def _multipliers(value) -> dict:
+    """train.learning_rate_multipliers checked: module paths to numbers above 0."""
+    if not isinstance(value, dict):
+        raise UserError(f"train.learning_rate_multipliers={value!r}: must be a mapping of module paths to factors, "
+                        "e.g. {transformer: 0.1}")
+    out = {}
+    for path, factor in value.items():
+        key = f"learning_rate_multipliers.{path}"
+        number = _number("train", key, factor, {float})
+        if number <= 0:
+            raise UserError(f"train.{key}={factor!r}: must be greater than 0 (train.freeze stops a module)")
+        out[str(path)] = number
+    return out
+
+
 def coerce(cls, values: dict, where: str) -> dict:
     """Values of a YAML mapping converted to the dataclass's field types where YAML is loose
     (YAML reads 1e-3 as a string, 5 where a float is meant as an int), and every number checked
@@ -189,6 +206,8 @@ def coerce(cls, values: dict, where: str) -> dict:
             out[key] = _number(section, key, value, base)
         elif base == {bool} and not isinstance(value, bool):
             raise UserError(f"{section}.{key}={value!r}: must be true or false")
+    if cls is TrainConfig and out.get("learning_rate_multipliers") is not None:
+        out["learning_rate_multipliers"] = _multipliers(out["learning_rate_multipliers"])
     if cls is EnformerConfig and isinstance(out.get("heads"), dict):
         for head, tracks in out["heads"].items():
             if isinstance(tracks, bool) or not isinstance(tracks, int) or tracks < 1:

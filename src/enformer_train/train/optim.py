@@ -1,22 +1,43 @@
 """Adam (AdamW when weight decay is on) and the learning-rate schedule."""
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
 
+from ..errors import UserError
+
+
+def _inside(name: str, path: str) -> bool:
+    """Whether parameter `name` (e.g. transformer.0.mlp_linear1.weight) is in module `path`."""
+    return name == path or name.startswith(path + ".")
+
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters (frozen ones get no state). With cfg.head_learning_rate,
-    the heads are a second group whose rate is that times the schedule's factor ('lr_scale')."""
+    """Adam over the trainable parameters (frozen ones get no state), in groups by learning-rate
+    factor ('lr_scale', times the schedule's rate each step): cfg.head_learning_rate / learning_rate
+    for the heads when set, times the cfg.learning_rate_multipliers factor of the longest module path
+    that holds the parameter."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.head_learning_rate is None:
-        groups = [{"params": [p for _, p in trainable], "lr_scale": 1.0}]
-    else:
-        groups = [{"params": [p for n, p in trainable if not n.startswith("heads.")], "lr_scale": 1.0},
-                  {"params": [p for n, p in trainable if n.startswith("heads.")],
-                   "lr_scale": cfg.head_learning_rate / cfg.learning_rate}]
-        groups = [g for g in groups if g["params"]]
+    multipliers = dict(cfg.learning_rate_multipliers or {})
+    for path in multipliers:
+        if not any(_inside(n, path) for n, _ in trainable):
+            modules = sorted({n.split(".")[0] for n, _ in trainable})
+            close = difflib.get_close_matches(path, sorted({n.rsplit(".", 1)[0] for n, _ in trainable} | set(modules)), 1)
+            hint = f"did you mean {close[0]}?" if close else f"paths start with {', '.join(modules)}"
+            raise UserError(f"train.learning_rate_multipliers.{path}: no trainable parameter of the model is in "
+                            f"module {path!r}; {hint}")
+    groups: dict[tuple, list] = {}  # by (head group, factor), in the model's parameter order
+    for name, p in trainable:
+        scale, head = 1.0, cfg.head_learning_rate is not None and name.startswith("heads.")
+        if head:
+            scale = cfg.head_learning_rate / cfg.learning_rate
+        inside = [path for path in multipliers if _inside(name, path)]
+        if inside:
+            scale *= multipliers[max(inside, key=len)]
+        groups.setdefault((head, scale), []).append(p)
+    groups = [{"params": params, "lr_scale": scale} for (_, scale), params in groups.items()]
     if cfg.weight_decay > 0:
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                  weight_decay=cfg.weight_decay)
