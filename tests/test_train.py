@@ -221,6 +221,7 @@ def test_learning_rate_multipliers_scale_each_modules_first_adam_step(tmp_path):
     # step each module took is its rate: 1e-3 x its factor (the longest path that holds it wins).
     trainer = Trainer(load_config(None, overrides(
         tmp_path / "run", 1, 4, "train.warmup_steps=0", "train.update=joint", "train.clip_grad_norm=0",
+        "train.checkpoint_every=1",
         "train.learning_rate_multipliers={transformer: 0.1, transformer.0.mlp_linear1: 3, heads.mouse: 0.5}")))
     try:
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -238,6 +239,17 @@ def test_learning_rate_multipliers_scale_each_modules_first_adam_step(tmp_path):
                        ("final_pointwise.conv_block.conv.weight", 1e-3), ("heads.human.linear.weight", 1e-3),
                        ("heads.mouse.linear.weight", 5e-4)]:
         assert moved(name) == pytest.approx(rate, rel=1e-3), name
+    # A resume takes the config's factors; a config that groups the parameters otherwise is refused.
+    trainer = Trainer(load_config(None, overrides(
+        tmp_path / "run", 2, 4, "train.update=joint", "train.checkpoint_every=1",
+        "train.learning_rate_multipliers={transformer: 0.2, transformer.0.mlp_linear1: 3, heads.mouse: 0.5}")),
+        resume=True)
+    try:
+        assert trainer.step == 1 and [g["lr_scale"] for g in trainer.optimizer.param_groups] == [1.0, 0.2, 3.0, 0.5]
+    finally:
+        trainer.close()
+    with pytest.raises(UserError, match="optimizer state does not fit .*learning_rate_multipliers"):
+        Trainer(load_config(None, overrides(tmp_path / "run", 2, 4, "train.update=joint")), resume=True).close()
     with pytest.raises(UserError, match="learning_rate_multipliers.transfomer: .*did you mean transformer"):
         Trainer(load_config(None, overrides(tmp_path / "typo", 1, 4,
                                             "train.learning_rate_multipliers={transfomer: 0.1}"))).close()

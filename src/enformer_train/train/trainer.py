@@ -181,7 +181,16 @@ class Trainer:
                             "resume needs the same number of ranks")
         ckpt.check_same_model(state, self.model, self.config.to_dict()["model"])
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        scales = [group["lr_scale"] for group in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:  # another grouping or other trainable parameters
+            raise UserError(f"{state['path']}: its optimizer state does not fit this run's ({e}); a resume needs "
+                            "the checkpoint's train.freeze, lora settings and the same split into learning-rate "
+                            "groups (head_learning_rate, learning_rate_multipliers); or start a new run with "
+                            "train.init_from") from None
+        for group, scale in zip(self.optimizer.param_groups, scales):
+            group["lr_scale"] = scale  # the config's factors, not the checkpoint's, where the grouping agrees
         for o, loader in self.loaders.items():
             loader.load_state_dict(state["loaders"][o])
         ckpt.set_rng_state(state["rng"][self.world.rank], self.world.device)
