@@ -1,11 +1,11 @@
 """Adam (AdamW when weight decay is on) and the learning-rate schedule."""
 from __future__ import annotations
 
-import difflib
 import math
 
 import torch
 
+from ..config import _did_you_mean
 from ..errors import UserError
 
 
@@ -24,10 +24,10 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     for path in multipliers:
         if not any(_inside(n, path) for n, _ in trainable):
             modules = sorted({n.split(".")[0] for n, _ in trainable})
-            close = difflib.get_close_matches(path, sorted({n.rsplit(".", 1)[0] for n, _ in trainable} | set(modules)), 1)
-            hint = f"did you mean {close[0]}?" if close else f"paths start with {', '.join(modules)}"
+            owners = sorted({n.rsplit(".", 1)[0] for n, _ in trainable} | set(modules))
+            hint = _did_you_mean(path, owners) or f"; paths start with {', '.join(modules)}"
             raise UserError(f"train.learning_rate_multipliers.{path}: no trainable parameter of the model is in "
-                            f"module {path!r}; {hint}")
+                            f"module {path!r}{hint}")
     groups: dict[tuple, list] = {}  # by (head group, factor), in the model's parameter order
     for name, p in trainable:
         scale, head = 1.0, cfg.head_learning_rate is not None and name.startswith("heads.")
