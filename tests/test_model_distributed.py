@@ -1,4 +1,5 @@
-"""Cross-replica batch norm with real processes over gloo: 2 ranks x half a batch == 1 rank x whole batch."""
+"""Cross-replica batch norm with real processes over gloo: 2 ranks x half a batch == 1 rank x whole batch,
+with the moments summed by gloo's all_reduce and through the host's shared page alike."""
 import os
 import socket
 
@@ -7,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from enformer_train import Enformer
+from enformer_train.model import host_sum
 from model_helpers import no_dropout, randomise_, tiny_config
 
 BATCH = 4
@@ -48,22 +50,33 @@ def _worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        model = _model()
-        x, weights = _inputs()
-        share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-        out, grad_x = _step(model, x[share], {h: w[share] for h, w in weights.items()})
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        for g in grads.values():
-            dist.all_reduce(g)  # the local parts of the whole-batch gradient add up
-        torch.save({"out": out, "grad_x": grad_x, "grads": grads,
-                    "buffers": dict(model.named_buffers())}, os.path.join(out_dir, f"rank{rank}.pt"))
+        for how in ("gloo", "page"):
+            if how == "page":
+                assert host_sum.open_host_sum() == (os.uname().machine in ("x86_64", "AMD64"))
+            model = _model()
+            x, weights = _inputs()
+            share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+            out, grad_x = _step(model, x[share], {h: w[share] for h, w in weights.items()})
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            for g in grads.values():
+                dist.all_reduce(g)  # the local parts of the whole-batch gradient add up
+            torch.save({"out": out, "grad_x": grad_x, "grads": grads,
+                        "buffers": dict(model.named_buffers())}, os.path.join(out_dir, f"{how}{rank}.pt"))
     finally:
+        host_sum.close_host_sum()
         dist.destroy_process_group()
 
 
 def test_two_ranks_with_half_batches_equal_one_rank_with_the_whole_batch(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"page{r}.pt", weights_only=True) for r in range(2)]
+    # two ranks' sums through the page are gloo's to the bit (a + b either way)
+    for r, page in enumerate(ranks):
+        gloo = torch.load(tmp_path / f"gloo{r}.pt", weights_only=True)
+        for key in page:
+            for name in page[key] if isinstance(page[key], dict) else [None]:
+                a, b = (page[key], gloo[key]) if name is None else (page[key][name], gloo[key][name])
+                assert torch.equal(a, b), (key, name)
 
     torch.set_num_threads(1)
     model = _model()

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from ..model.host_sum import close_host_sum, open_host_sum
 
 
 @dataclass
@@ -61,6 +62,9 @@ def setup(device: str = "auto", collective_timeout_s: float | None = None, comma
     if world_size > 1 and not dist.is_initialized():
         with watching("the process group's rendezvous (init_process_group)"):
             _init_process_group(dev, rank, world_size, collective_timeout_s)
+        if dev.type == "cpu":
+            with watching("opening the shared page for batch-norm sums (all_gather_object)"):
+                open_host_sum()
     return World(rank, world_size, local_rank, dev)
 
 
@@ -108,6 +112,7 @@ def teardown() -> None:
     if _watchdog is not None:
         _watchdog.stop()
         _watchdog = None
+    close_host_sum()
     if dist.is_initialized():
         dist.destroy_process_group()
 
