@@ -76,7 +76,7 @@ class BarnyardConfig:
         """The demo: 6,144-bp records, 32 bins of 128 bp (1,024-bp flanks); enhancers act up to 768 bp away.
 
         Sized for `enformer-train demo`: a tiny Enformer (configs/tiny.yaml) reaches a validation
-        Pearson R of 0.72-0.89 (human) and 0.68-0.92 (mouse) in about 4 minutes on two CPU cores
+        Pearson R of 0.72-0.89 (human) and 0.68-0.92 (mouse) in 3-4.5 minutes on two CPU cores
         in the runs measured (README: seeds and CPU kernels).
         """
         values = dict(seq_length=6144, target_length=32, num_targets={"human": 16, "mouse": 8},
