@@ -1,6 +1,8 @@
 """Small model configs for tests: the real architecture, narrow and short so it runs in seconds."""
 from __future__ import annotations
 
+import socket
+
 import torch
 
 from enformer_train import EnformerConfig
@@ -40,3 +42,10 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> None:
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
             elif name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a test's own process group (MASTER_PORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

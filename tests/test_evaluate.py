@@ -4,7 +4,6 @@ import collections
 import csv
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from enformer_train.data.store import Store
 from enformer_train.train.distributed import setup, teardown
 from enformer_train.infer import load
 from enformer_train.train.evaluate import assay_tracks, evaluate_store
-from model_helpers import randomise_, tiny_config
+from model_helpers import free_port, randomise_, tiny_config
 from train_helpers import overrides, run
 
 
@@ -44,10 +43,7 @@ def _worker(rank, world_size, port, out):
 
 
 def test_validation_on_two_ranks_equals_one_rank_on_an_uneven_split(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     two = [torch.load(tmp_path / f"sums{r}.pt", weights_only=True) for r in range(2)]
     torch.testing.assert_close(two[0], two[1], rtol=0, atol=0)  # every rank holds the global sums
 

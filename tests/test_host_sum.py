@@ -1,6 +1,5 @@
 """The shared page that sums batch-norm vectors over the ranks of one host (model/host_sum.py)."""
 import os
-import socket
 
 import pytest
 import torch
@@ -8,15 +7,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from enformer_train.model import host_sum
+from model_helpers import free_port
 
 WORLD = 3
 SIZES = [129, 1, 64, 16384, 7, 3000] * 5  # 16384 = the page's capacity; the slots alternate
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _vector(rank: int, call: int, size: int) -> torch.Tensor:
@@ -44,7 +38,7 @@ def _worker(rank, port, out_dir):
 
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="the page is x86-64 only")
 def test_every_rank_gets_the_rank_order_float64_sum_and_no_file_is_left(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for r in ranks:
         assert r["opened"]
@@ -80,7 +74,7 @@ def _full_worker(rank, port, out_dir):
 @pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate")
 def test_no_room_for_the_page_leaves_every_rank_on_gloo(tmp_path):
     before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    mp.spawn(_full_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_full_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     for r in range(2):
         result = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert result["opened"] is False

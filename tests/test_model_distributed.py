@@ -1,7 +1,6 @@
 """Cross-replica batch norm with real processes over gloo: 2 ranks x half a batch == 1 rank x whole batch,
 with the moments summed by gloo's all_reduce and through the host's shared page alike."""
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -9,15 +8,9 @@ import torch.multiprocessing as mp
 
 from enformer_train import Enformer
 from enformer_train.model import host_sum
-from model_helpers import no_dropout, randomise_, tiny_config
+from model_helpers import free_port, no_dropout, randomise_, tiny_config
 
 BATCH = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inputs():
@@ -68,7 +61,7 @@ def _worker(rank, world, port, out_dir):
 
 
 def test_two_ranks_with_half_batches_equal_one_rank_with_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"page{r}.pt", weights_only=True) for r in range(2)]
     # two ranks' sums through the page are gloo's to the bit (a + b either way)
     for r, page in enumerate(ranks):
