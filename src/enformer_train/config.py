@@ -12,6 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .errors import UserError
@@ -50,7 +51,9 @@ class TrainConfig:
                                          "trunk to fit the tracks' levels")
     update: str = option("alternate", "'alternate' (an update per organism batch, the colab), 'sum' (one update "
                                       "on summed losses) or 'joint' (one forward over all organisms)")
-    precision: str = option("auto", "'auto' (bf16 autocast on CUDA, float32 elsewhere), 'bf16' or 'fp32'")
+    precision: str = option("auto", "'auto' (bf16 autocast on CUDA, float32 elsewhere), 'bf16', 'fp32' or 'fp64' "
+                                    "(float64 weights and arithmetic: several times slower; for checks that need "
+                                    "no float32 round-off, e.g. that N ranks equal one)")
     compile: bool = option(False, "torch.compile the model")
     device: str = option("auto", "'auto', 'cpu' or 'cuda'")
     log_every: int = option(10, "steps between log lines and metrics.jsonl records")
@@ -82,6 +85,11 @@ class TrainConfig:
         """Whether forward passes run under bf16 autocast on this device type ('cpu', 'cuda')."""
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
 
+    @property
+    def parameter_dtype(self) -> torch.dtype:
+        """The dtype of the weights (and of the arithmetic outside autocast)."""
+        return torch.float64 if self.precision == "fp64" else torch.float32
+
 
 @dataclass
 class Config:
@@ -98,8 +106,8 @@ class Config:
             raise UserError(f"train.schedule must be 'constant' or 'cosine', got {t.schedule!r}")
         if t.update not in ("alternate", "sum", "joint"):
             raise UserError(f"train.update must be 'alternate', 'sum' or 'joint', got {t.update!r}")
-        if t.precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {t.precision!r}")
+        if t.precision not in ("auto", "bf16", "fp32", "fp64"):
+            raise UserError(f"train.precision must be 'auto', 'bf16', 'fp32' or 'fp64', got {t.precision!r}")
         if not self.data.stores:
             raise UserError("data.stores is empty: give {organism: store folder}, e.g. data.stores.human=stores/human")
         if t.collective_timeout_s <= 0:

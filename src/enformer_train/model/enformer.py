@@ -124,8 +124,8 @@ class Enformer(nn.Module):
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings [batch, target_length, 2 x channels] of one-hot or coded sequence."""
-        if x.dtype == torch.uint8 or not x.is_floating_point():
-            x = one_hot(x)
+        dtype = self.stem.conv.weight.dtype  # float32, or float64 for a model in double precision
+        x = one_hot(x, dtype) if x.dtype == torch.uint8 or not x.is_floating_point() else x.to(dtype)
         if x.ndim != 3 or x.shape[-1] != 4:
             raise ValueError(f"expected one-hot [batch, length, 4] or codes [batch, length], got {tuple(x.shape)}")
         if x.shape[1] % self.config.bin_size:

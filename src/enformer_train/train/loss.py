@@ -15,5 +15,7 @@ def poisson_terms(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def poisson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean(pred - target * log(pred + 1e-7)) over [batch, positions, tracks], in float32."""
-    return poisson_terms(pred.float(), target.float()).mean()
+    """mean(pred - target * log(pred + 1e-7)) over [batch, positions, tracks], in float32 (float64
+    for a float64 prediction)."""
+    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    return poisson_terms(pred.to(dtype), target.to(dtype)).mean()

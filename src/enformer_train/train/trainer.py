@@ -75,7 +75,7 @@ class Trainer:
         # needed); afterwards each rank reseeds to its own stream so that dropout masks differ per
         # rank, as on separate TPU cores (the +1 keeps rank 0's stream apart from the init's).
         torch.manual_seed(t.seed)
-        model = build_model(config.model).to(self.world.device)
+        model = build_model(config.model).to(self.world.device, t.parameter_dtype)
         torch.manual_seed(t.seed + 1000 * self.world.rank + 1)
         self.model = model
 
@@ -239,7 +239,7 @@ class Trainer:
         return no_sync, amp
 
     def _backward(self, organism: str, batches: list[dict], last_in_update: bool) -> torch.Tensor:
-        total = torch.zeros((), device=self.world.device)
+        total = torch.zeros((), device=self.world.device, dtype=self.config.train.parameter_dtype)
         for i, batch in enumerate(batches):
             batch = to_device(batch, self.world.device)
             no_sync, amp = self._contexts(sync=last_in_update and i == len(batches) - 1)
@@ -298,7 +298,8 @@ class Trainer:
     def _backward_joint(self, batches: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
         """One trunk forward over all organisms' batches together (batch norm sees them all), each
         head on its own organism's part; the loss is the sum of the organisms' mean losses."""
-        totals = {o: torch.zeros((), device=self.world.device) for o in self.organisms}
+        totals = {o: torch.zeros((), device=self.world.device, dtype=self.config.train.parameter_dtype)
+                  for o in self.organisms}
         micro = len(batches[self.organisms[0]])
         for i in range(micro):
             parts = [to_device(batches[o][i], self.world.device) for o in self.organisms]
@@ -410,11 +411,12 @@ class Trainer:
     def _log_record(self, pending: dict, timing: dict, bar) -> dict:
         values = {}
         for key, items in pending.items():
-            stacked = torch.stack(items).float()
+            stacked = torch.stack(items)
+            stacked = stacked if stacked.dtype == torch.float64 else stacked.float()  # train.precision=fp64
             if key.startswith("loss/"):
                 # mean over ranks of the mean over steps; non-finite steps are counted, not averaged
                 finite = torch.isfinite(stacked)
-                both = torch.stack([torch.where(finite, stacked, 0).sum(), finite.sum().float()])
+                both = torch.stack([torch.where(finite, stacked, 0).sum(), finite.sum().to(stacked.dtype)])
                 all_reduce_(both, what="the log record's loss all_reduce")
                 values[key] = (both[0] / both[1]).item() if both[1] > 0 else float("nan")
             else:
