@@ -95,6 +95,10 @@ def _flip_tensor_bytes(path, count=192):
 
 # -- 6: a checksum verified on every load -------------------------------------------------------
 
+def _resume_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "skipped" in line or "resuming" in line]
+
+
 def test_damaged_checkpoint_is_refused_by_evaluate_and_predict_and_resume_uses_the_one_before(tmp_path, capsys):
     from enformer_train.cli import main
 
@@ -110,13 +114,31 @@ def test_damaged_checkpoint_is_refused_by_evaluate_and_predict_and_resume_uses_t
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "step-00000002.pt: checksum mismatch" in err
 
-    # --resume reports the damaged one in one line and continues from step 1
+    # --resume says in one line what it skipped and why, in one more what it resumed from
     status, err = _train(capsys, run_dir, 3, resume=True)
     assert status == 0, err
-    assert [line for line in err.splitlines() if "step-00000002.pt" in line] == [
-        line for line in err.splitlines() if "skipping" in line and "checksum mismatch" in line]
-    assert "checksum mismatch" in err
+    assert _resume_lines(err) == [
+        "enformer-train train: skipped step-00000002.pt: checksum mismatch, the file was damaged after it was "
+        "written (disk, copy or transfer); resuming from the one before",
+        f"enformer-train train: resuming from {first} (step 1)"]
     assert load_checkpoint(run_dir)["step"] == 3
+    assert latest.exists()  # skipped, never deleted
+
+    # (the resumed run saved steps 2 and 3 anew) the newest cut to 0 bytes: the same two lines;
+    # an undamaged newest: only the line saying where it resumed from
+    second, newest = list_checkpoints(run_dir)[-2:]
+    assert (second.name, newest.name) == ("step-00000002.pt", "step-00000003.pt")
+    before = newest.read_bytes()
+    newest.write_bytes(b"")
+    status, err = _train(capsys, run_dir, 3, resume=True)
+    assert status == 0, err
+    assert _resume_lines(err) == [
+        "enformer-train train: skipped step-00000003.pt: empty file (0 bytes), a save cut short; resuming from the "
+        "one before", f"enformer-train train: resuming from {second} (step 2)"]
+    newest.write_bytes(before)
+    status, err = _train(capsys, run_dir, 4, resume=True)
+    assert status == 0, err
+    assert _resume_lines(err) == [f"enformer-train train: resuming from {newest} (step 3)"]
 
     # a zero-length checkpoint: one line from evaluate and predict alike
     empty = run_dir / "checkpoints" / "step-00000004.pt"

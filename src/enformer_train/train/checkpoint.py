@@ -23,10 +23,16 @@ FORMAT = "enformer-train-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 _NAMES = r"step-\d{8}\.pt"  # for the temporary files of atomic_write
 _REQUIRED = ("format", "step", "model", "optimizer", "loaders", "rng", "config")
+_BEFORE = "resume from the one before (delete this one)"
 
 
 class BadCheckpoint(UserError):
-    """A checkpoint file that cannot be used: unreadable, damaged (checksum), or not a checkpoint."""
+    """A checkpoint file that cannot be used: unreadable, damaged (checksum), or not a checkpoint.
+    `problem` says what is wrong with `path`; the message adds what to do about it."""
+
+    def __init__(self, path: Path, problem: str, advice: str = ""):
+        super().__init__(f"{path}: {problem}" + (f"; {advice}" if advice else ""))
+        self.path, self.problem = path, problem
 
 
 class CheckpointNotSaved(UserError):
@@ -182,23 +188,23 @@ def _read(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     """The checkpoint at `path`, checked (format, keys, checksum when it has one); BadCheckpoint
     naming the file and the reason otherwise."""
     if path.stat().st_size == 0:
-        raise BadCheckpoint(f"{path}: empty file (0 bytes), a save cut short; resume from the one before "
-                            "(delete this one)")
+        raise BadCheckpoint(path, "empty file (0 bytes), a save cut short", _BEFORE)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - truncation and foreign pickles raise many types
-        raise BadCheckpoint(f"{path}: not a readable checkpoint: {torch_file_problem(path, e)}; expected a training "
-                            "checkpoint (checkpoints/step-*.pt of `enformer-train train`), a run folder or a model "
-                            "file (.safetensors); one torn by a crash can be deleted to resume from the one "
-                            "before") from None
+        raise BadCheckpoint(path, f"not a readable checkpoint: {torch_file_problem(path, e)}",
+                            "expected a training checkpoint (checkpoints/step-*.pt of `enformer-train train`), a run "
+                            "folder or a model file (.safetensors); one torn by a crash can be deleted to resume "
+                            "from the one before") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise BadCheckpoint(f"{path}: not an enformer-train checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise BadCheckpoint(path, f"not an enformer-train checkpoint (format {found!r})")
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
-        raise BadCheckpoint(f"{path}: checkpoint lacks {', '.join(missing)}")
+        raise BadCheckpoint(path, f"checkpoint lacks {', '.join(missing)}")
     if "checksum" in state and checksum(state) != state["checksum"]:  # checkpoints before checksums: none
-        raise BadCheckpoint(f"{path}: checksum mismatch, the file was damaged after it was written (disk, copy "
-                            "or transfer); resume from the one before (delete this one)")
+        raise BadCheckpoint(path, "checksum mismatch, the file was damaged after it was written (disk, copy or "
+                                  "transfer)", _BEFORE)
     state["path"] = str(path)
     return state
 
@@ -217,7 +223,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 def load_latest_good(run_dir: str | Path, map_location="cpu", warn=None) -> dict:
     """The newest checkpoint of a run folder that reads and verifies; each newer bad one is
-    reported in one line through `warn` and skipped (never deleted)."""
+    reported in one line through `warn` ("skipped FILE: why; resuming from the one before") and
+    skipped (never deleted)."""
     found = list_checkpoints(run_dir)
     if not found:
         raise UserError(f"{run_dir}: no checkpoints (checkpoints/step-*.pt) in this run folder")
@@ -226,9 +233,9 @@ def load_latest_good(run_dir: str | Path, map_location="cpu", warn=None) -> dict
         try:
             return _read(path, map_location)
         except BadCheckpoint as e:
-            reasons.append(str(e))
+            reasons.append(f"{path}: {e.problem}")
             if warn is not None:
-                warn(f"skipping {e}")
+                warn(f"skipped {path.name}: {e.problem}; resuming from the one before")
     raise UserError(f"{run_dir}: no usable checkpoint; the newest: {reasons[0]}")
 
 

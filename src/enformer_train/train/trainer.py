@@ -119,6 +119,8 @@ class Trainer:
         self.pending: dict[str, list[torch.Tensor]] = {}
         if resume_from is not None:
             self._restore(resume_from)
+            if self.world.is_main:
+                self._say(f"resuming from {resume_from['path']} (step {self.step})")
 
         self.ddp = model
         if self.world.distributed:
