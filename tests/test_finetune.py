@@ -136,6 +136,28 @@ def test_resumed_fine_tuning_run_equals_the_uninterrupted_one(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_fine_tuning_from_a_runs_own_config_notes_a_factor_on_a_frozen_module_once(tmp_path, capsys):
+    from train_helpers import overrides
+
+    source = tmp_path / "source"
+    assert main(["train", *overrides(source, 2, 4, "train.learning_rate_multipliers={transformer: 0.1}")]) == 0
+    capsys.readouterr()
+    # the run's own config.yaml (its factor on the transformer), a fresh head and the trunk frozen
+    args = ["train", "--config", str(source / "config.yaml"), "model.heads={fresh: 8}",
+            f"data.stores={{fresh: {store_dir('human')}}}", f"train.init_from={source}",
+            "train.freeze=[stem, conv_tower, transformer, final_pointwise]"]
+    assert main([*args, f"train.run_dir={tmp_path / 'fresh'}"]) == 0, capsys.readouterr().err
+    notes = [line for line in capsys.readouterr().err.splitlines() if "learning_rate_multipliers" in line]
+    assert notes == ["enformer-train train: train.learning_rate_multipliers.transformer: every parameter of "
+                     "'transformer' is frozen (train.freeze or train.lora_rank), its factor 0.1 is not used"]
+    assert (tmp_path / "fresh" / "model.safetensors").exists()
+    # a path that names no module of the model stays an error, with its suggestion
+    code = main([*args, f"train.run_dir={tmp_path / 'typo'}", "train.learning_rate_multipliers={transformr: 0.1}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err == ("enformer-train train: error: train.learning_rate_multipliers.transformr: no module "
+                                 "'transformr' in the model; did you mean transformer?")
+
+
 @pytest.mark.parametrize("case, message", [
     ("shape", r"stem\.conv\.weight.*(\(16, 4, 15\).*\(24, 4, 15\)|\(24, 4, 15\).*\(16, 4, 15\))"),
     ("foreign", r"init_from|not a readable"),

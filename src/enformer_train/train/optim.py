@@ -14,20 +14,27 @@ def _inside(name: str, path: str) -> bool:
     return name == path or name.startswith(path + ".")
 
 
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg, note=None) -> torch.optim.Optimizer:
     """Adam over the trainable parameters (frozen ones get no state), in groups by learning-rate
     factor ('lr_scale', times the schedule's rate each step): cfg.head_learning_rate / learning_rate
     for the heads when set, times the cfg.learning_rate_multipliers factor of the longest module path
-    that holds the parameter."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    that holds the parameter. A factor on a module that is wholly frozen is said through `note`
+    (a function of one line) and unused; a path that names no module of the model is a UserError."""
+    named = list(model.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
     multipliers = dict(cfg.learning_rate_multipliers or {})
-    for path in multipliers:
-        if not any(_inside(n, path) for n, _ in trainable):
-            modules = sorted({n.split(".")[0] for n, _ in trainable})
-            owners = sorted({n.rsplit(".", 1)[0] for n, _ in trainable} | set(modules))
-            hint = _did_you_mean(path, owners) or f"; paths start with {', '.join(modules)}"
-            raise UserError(f"train.learning_rate_multipliers.{path}: no trainable parameter of the model is in "
-                            f"module {path!r}{hint}")
+    for path, factor in multipliers.items():
+        if any(_inside(n, path) for n, _ in trainable):
+            continue
+        if any(_inside(n, path) for n, _ in named):
+            if note is not None:
+                note(f"train.learning_rate_multipliers.{path}: every parameter of {path!r} is frozen (train.freeze "
+                     f"or train.lora_rank), its factor {factor:g} is not used")
+            continue
+        modules = sorted({n.split(".")[0] for n, _ in named})
+        owners = sorted({n.rsplit(".", 1)[0] for n, _ in named} | set(modules))
+        hint = _did_you_mean(path, owners) or f"; paths start with {', '.join(modules)}"
+        raise UserError(f"train.learning_rate_multipliers.{path}: no module {path!r} in the model{hint}")
     groups: dict[tuple, list] = {}  # by (head group, factor), in the model's parameter order
     for name, p in trainable:
         scale, head = 1.0, cfg.head_learning_rate is not None and name.startswith("heads.")

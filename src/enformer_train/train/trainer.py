@@ -109,7 +109,7 @@ class Trainer:
 
         if t.init_head_bias and resume_from is None:
             init_head_biases(model, self.stores)
-        self.optimizer = make_optimizer(model, t)
+        self.optimizer = make_optimizer(model, t, note=self._say if self.world.is_main else None)
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_run = 0
