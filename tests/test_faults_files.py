@@ -246,6 +246,31 @@ def test_three_failed_saves_in_a_row_stop_with_the_last_good_checkpoint(tmp_path
     assert (tmp_path / "run" / "checkpoints" / "step-00000001.pt").read_bytes() == good
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "non-finite"])
+def test_a_stop_with_a_full_disk_and_no_checkpoint_yet_says_nothing_could_be_saved(tmp_path, capsys, monkeypatch,
+                                                                                    stop):
+    import signal
+
+    from enformer_train.train import trainer
+
+    _full_disk(monkeypatch, set(range(1, 100)))  # from the start: no checkpoint was ever written
+    if stop == "SIGTERM":  # arrives during step 1, before the first checkpoint (step 100)
+        real_step = trainer.Trainer.train_step
+        monkeypatch.setattr(trainer.Trainer, "train_step",
+                            lambda self, batches: (os.kill(os.getpid(), signal.SIGTERM), real_step(self, batches))[1])
+    else:
+        monkeypatch.setattr(trainer, "poisson_loss", lambda pred, target: pred.sum() * float("nan"))
+    status, err = _train(capsys, tmp_path / "run", 10, "train.checkpoint_every=100", "train.max_nonfinite=2")
+    assert status == 1
+    why = "stopped by SIGTERM at step 1" if stop == "SIGTERM" else "stopped for non-finite steps at step 2"
+    assert [line for line in err.splitlines() if line.startswith("enformer-train")] == [  # (the rest: progress)
+        f"enformer-train train: error: {why}: no checkpoint could be saved ({tmp_path / 'run' / 'checkpoints'}: no "
+        f"room for checkpoint step-0000000{why[-1]}.pt: needs about " + err.split("needs about ")[1].split(")")[0] +
+        ") and none was saved before, so there is nothing to resume from; free space and start the run again"]
+    assert "1000 free" in err
+    assert list_checkpoints(tmp_path / "run") == []
+
+
 def test_no_space_for_metrics_is_one_line_and_a_torn_last_line_is_dropped_on_resume(tmp_path, capsys, monkeypatch):
     import json
 

@@ -114,6 +114,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_run = 0
         self.failed_saves = 0  # checkpoints in a row that could not be written (a full disk)
+        self.save_problem: str | None = None  # why the last one failed, for a stop's last line
         # This rank's per-step values since the last log record: checkpointed, so that a resumed
         # run logs the same window means as the uninterrupted one.
         self.pending: dict[str, list[torch.Tensor]] = {}
@@ -202,13 +203,16 @@ class Trainer:
         pending = state.get("log_pending", [{}] * self.world.world_size)[self.world.rank]
         self.pending = {k: list(v.to(self.world.device).unbind()) for k, v in pending.items()}
 
-    def save(self) -> Path | None:
+    def save(self, last: bool = False) -> Path | None:
         """Write a checkpoint (rank 0); returns it, or when it could not be written (a full disk:
-        said in one line, training goes on) the newest one there is. Stops after 3 such in a row."""
+        said in one line, training goes on) the newest one there is, None when there is none.
+        Stops after 3 such in a row. With `last` (the run stops next) a failure is not said here but
+        left in self.save_problem for the caller's last line."""
         rngs = all_gather_objects(ckpt.rng_state(self.world.device), "the checkpoint's all_gather of RNG states")
         pending = all_gather_objects({k: torch.stack(v).cpu() for k, v in self.pending.items()},
                                      "the checkpoint's all_gather of the log window")
         path = ckpt.checkpoint_path(self.run_dir, self.step)
+        problem = None
         if self.world.is_main:
             state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "loaders": {o: loader.state_dict() for o, loader in self.loaders.items()}, "rng": rngs,
@@ -219,15 +223,38 @@ class Trainer:
                 self.failed_saves = 0
             except ckpt.CheckpointNotSaved as e:
                 self.failed_saves += 1
-                self._say(f"step {self.step}: checkpoint not saved ({self.failed_saves} in a row): {e}")
+                problem = str(e)
+                if not last:
+                    self._say(f"step {self.step}: checkpoint not saved ({self.failed_saves} in a row): {e}")
         failed = all_reduce_(torch.tensor([self.failed_saves], device=self.world.device), op=dist.ReduceOp.MAX,
                              what="the all_reduce after a checkpoint")
         self.failed_saves = int(failed.item())
+        if self.failed_saves == 0:
+            return path
+        if last:  # every rank's last line says why
+            self.save_problem = all_gather_objects(problem, "the all_gather of why the checkpoint failed")[0]
         newest = (ckpt.list_checkpoints(self.run_dir) or [None])[-1]
-        if self.failed_saves >= _MAX_FAILED_SAVES:
+        if self.failed_saves >= _MAX_FAILED_SAVES and not last:
+            last_good = (f"the last good checkpoint is {newest}; free space and --resume" if newest else
+                         "no checkpoint was ever saved, so there is nothing to resume from; free space and start "
+                         "the run again")
             raise UserError(f"{self.run_dir}: {self.failed_saves} checkpoints in a row could not be saved; stopped at "
-                            f"step {self.step}, the last good checkpoint is {newest}; free space and --resume")
-        return path if self.failed_saves == 0 else newest
+                            f"step {self.step}, {last_good}")
+        return newest
+
+    def _save_last(self, why: str) -> Path:
+        """The checkpoint of a run that stops now (`why`, e.g. 'stopped by SIGTERM'), or, when none
+        can be saved and none was before, a UserError saying that nothing could be saved."""
+        path = self.save(last=True)
+        if self.failed_saves == 0:
+            return path
+        if path is None:
+            self._report_nonfinite(f"{why}, no checkpoint")
+            raise UserError(f"{why} at step {self.step}: no checkpoint could be saved ({self.save_problem}) and none "
+                            "was saved before, so there is nothing to resume from; free space and start the run again")
+        if self.world.is_main:
+            self._say(f"step {self.step}: checkpoint not saved ({self.save_problem}); the newest is {path.name}")
+        return path
 
     def _say(self, message: str) -> None:
         print(f"enformer-train train: {message}", file=sys.stderr, flush=True)
@@ -368,7 +395,7 @@ class Trainer:
                 for key, value in out.items():
                     self.pending.setdefault(key, []).append(value)
                 if self.nonfinite_run >= t.max_nonfinite:
-                    path = self.save()
+                    path = self._save_last("stopped for non-finite steps")
                     self._report_nonfinite(f"stopped for non-finite steps, checkpoint {path.name}")
                     raise NonFiniteError(f"{t.max_nonfinite} steps in a row had a non-finite loss or gradient "
                                          f"(step {self.step}); saved {path}. Check the data for NaN/inf targets, or "
@@ -387,7 +414,7 @@ class Trainer:
                     self.save()
                 signum = self._stop_requested()
                 if signum:
-                    path = self.save()
+                    path = self._save_last(f"stopped by {signal.Signals(signum).name}")
                     self._report_nonfinite(f"stopped by {signal.Signals(signum).name}, checkpoint {path.name}")
                     raise Stopped(signum, str(path))
             if self.world.is_main:
