@@ -81,3 +81,72 @@ def test_no_room_for_the_page_leaves_every_rank_on_gloo(tmp_path):
         torch.testing.assert_close(result["sum"], _vector(0, 0, 129) + _vector(1, 0, 129))
     after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     assert after == before
+
+
+# -- a peer that dies or freezes during an exchange ---------------------------------------------
+
+_PEER = """
+import os, signal, sys, torch
+from enformer_train.model import host_sum
+from enformer_train.train import distributed
+
+rank, fault = int(os.environ["RANK"]), sys.argv[1]
+distributed.setup("cpu", float(sys.argv[2]), "train")  # as the trainer: watchdog, gloo, the page
+assert host_sum._active is not None
+distributed.set_where("step 3")
+for i in range(20):
+    if rank == 1 and i == 10:
+        os.kill(os.getpid(), signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+    with distributed.watching("the forward/backward of human (batch-norm and gradient all_reduce)"):
+        host_sum.sum_over_ranks(torch.full((129,), float(rank), dtype=torch.float64))
+print("done", flush=True)
+distributed.teardown()
+"""
+
+
+def _page_files() -> set:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("enformer-train-")}
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64") or not os.path.isdir("/dev/shm"),
+                    reason="the page is x86-64 only")
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_peer_killed_or_stopped_during_an_exchange_ends_the_survivor_with_one_line_naming_it(fault):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    timeout = 60 if fault == "kill" else 4  # a dead peer is seen at once, a stopped one at the timeout
+    before, port = _page_files(), free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env.pop("TORCHELASTIC_RUN_ID", None)
+        procs.append(subprocess.Popen([sys.executable, "-c", _PEER, fault, str(timeout)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    started = time.monotonic()
+    try:
+        out, err = procs[0].communicate(timeout=timeout + 60)
+        elapsed = time.monotonic() - started
+        if fault == "stop":
+            assert procs[1].poll() is None  # still there, stopped
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[0].returncode == 1 and "done" not in out, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    at = "enformer-train train: error: rank 0: the batch-norm sums on the host's shared page at step 3"
+    pid = procs[1].pid
+    if fault == "kill":
+        assert lines[0].startswith(f"{at}: rank 1 (pid {pid}) died after "), lines[0]
+        assert elapsed < 30  # not the 60-s timeout
+    else:
+        assert lines[0].startswith(f"{at} waited more than 4 s (train.collective_timeout_s): rank 1 did not arrive "
+                                   f"(pid {pid}: stopped); exiting so that torchrun"), lines[0]
+        assert 4 < elapsed < 30
+    assert _page_files() == before  # the page left no file

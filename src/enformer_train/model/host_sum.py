@@ -11,9 +11,14 @@ The sum adds the ranks' vectors in rank order in float64, so every rank gets the
 ranks, exactly what gloo's all_reduce gives: a + b). Other tensors, other devices, or a process group
 spread over hosts use torch.distributed as before.
 
-The wait spins, and after about 0.2 ms yields the core at every poll, so ranks that outnumber the
-cores still progress. A rank that never arrives is the watchdog's to report
-(train.collective_timeout_s): the exchanges run inside its watched forward/backward.
+The wait spins, after about 0.2 ms yields the core at every poll, so ranks that outnumber the
+cores still progress, and after 10 ms sleeps a millisecond between polls, so a rank waiting on a
+frozen peer does not hold a core at 100%. Gloo notices a dead peer (its connection resets); the
+page would not, so the wait looks at the peers it waits for every 50 ms: a peer whose process has
+died (gone, or a zombie) ends the wait at once, and a peer that has not arrived within the
+collective timeout (train.collective_timeout_s: frozen, stopped, hung) ends it then. Either way
+the page's owner (train/distributed.py) is told which ranks and why, in a PeerLost; it ends the
+process with one line, as the watchdog does for the other collectives.
 """
 from __future__ import annotations
 
@@ -28,15 +33,54 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-_LINE = 64  # bytes: one cache line per rank's counter
+_LINE = 64  # bytes: one cache line per rank: its counter, then its process id
 _SPIN = 200  # polls (about 0.2 ms) before a wait starts yielding the core
+_YIELD_S = 0.01  # seconds of yielding before a wait sleeps between polls
+_NAP_S = 0.001  # the sleep between polls of a long wait
+_CHECK_S = 0.05  # seconds between looks at the peers a wait is waiting for
+
+
+class PeerLost(RuntimeError):
+    """Ranks that did not post their vector: `dead` (their process is gone) or, after `timeout_s`,
+    still missing. `who` says it in words: 'rank 1 (pid 1234) died', 'rank 1 did not arrive (pid
+    1234: stopped)'."""
+
+    def __init__(self, ranks: list[int], dead: bool, waited_s: float, timeout_s: float | None, who: str):
+        super().__init__(f"{who} (waited {waited_s:.1f} s)")
+        self.ranks, self.dead, self.waited_s, self.timeout_s, self.who = ranks, dead, waited_s, timeout_s, who
+
+
+_STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible I/O", "T": "stopped", "t": "stopped by a "
+           "debugger", "Z": "dead", "X": "dead", "I": "idle"}
+
+
+def process_state(pid: int) -> str | None:
+    """What the process `pid` is doing ('running', 'stopped', ...) or None when it has died (gone,
+    or a zombie that its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc (not Linux): only whether the process exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "alive"
+    return None if state in ("Z", "X") else _STATES.get(state, state)
 
 
 class HostSum:
     """The shared page of `world` ranks: a counter per rank, then two slots of `capacity` float64 each."""
 
-    def __init__(self, path: str, rank: int, world: int, capacity: int, create: bool) -> None:
+    def __init__(self, path: str, rank: int, world: int, capacity: int, create: bool,
+                 timeout_s: float | None = None, on_lost=None) -> None:
         self.rank, self.world, self.capacity = rank, world, capacity
+        self.timeout_s = timeout_s  # a wait for peers that are alive ends after this long; None: never
+        self.on_lost = on_lost  # called with the PeerLost instead of raising it (to end the process)
         size = world * _LINE + world * 2 * capacity * 8
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(path, flags, 0o600)
@@ -51,7 +95,9 @@ class HostSum:
             raise
         finally:
             os.close(fd)
-        self._counters = np.frombuffer(self._map, dtype=np.int64, count=world * _LINE // 8).reshape(world, -1)[:, 0]
+        lines = np.frombuffer(self._map, dtype=np.int64, count=world * _LINE // 8).reshape(world, -1)
+        self._counters, self._pids = lines[:, 0], lines[:, 1]
+        self._pids[rank] = os.getpid()
         self._slots = np.frombuffer(self._map, dtype=np.float64, offset=world * _LINE).reshape(world, 2, capacity)
         self._seq = 0
 
@@ -70,14 +116,48 @@ class HostSum:
         while self._counters.min() < seq:
             polls += 1
             if polls > _SPIN:
-                os.sched_yield() if hasattr(os, "sched_yield") else time.sleep(0)
+                self._wait(seq)
+                break
         out = self._slots[0, slot, :n].copy()
         for r in range(1, self.world):
             out += self._slots[r, slot, :n]
         return torch.from_numpy(out).view(t.shape)
 
+    def _wait(self, seq: int) -> None:
+        """Wait for every rank to post exchange `seq`: yield, then sleep between polls, and look at
+        the missing peers every _CHECK_S (PeerLost when one died, or after timeout_s)."""
+        start = time.monotonic()
+        check = start + _CHECK_S
+        while self._counters.min() < seq:
+            now = time.monotonic()
+            if now - start < _YIELD_S:
+                os.sched_yield() if hasattr(os, "sched_yield") else time.sleep(0)
+            else:
+                time.sleep(_NAP_S)
+            if now >= check:
+                check = now + _CHECK_S
+                self._look_at_peers(seq, now - start)
+
+    def _look_at_peers(self, seq: int, waited: float) -> None:
+        missing = [r for r in range(self.world) if self._counters[r] < seq]
+        states = {r: process_state(int(self._pids[r])) for r in missing}
+        dead = [r for r in missing if states[r] is None]
+        if dead:
+            who = "; ".join(f"rank {r} (pid {self._pids[r]}) died" for r in dead)
+            self._lost(PeerLost(dead, True, waited, self.timeout_s, who))
+        elif missing and self.timeout_s is not None and waited > self.timeout_s:
+            s = "s" if len(missing) > 1 else ""
+            who = (f"rank{s} {', '.join(map(str, missing))} did not arrive ("
+                   + ", ".join(f"pid {self._pids[r]}: {states[r]}" for r in missing) + ")")
+            self._lost(PeerLost(missing, False, waited, self.timeout_s, who))
+
+    def _lost(self, error: PeerLost) -> None:
+        if self.on_lost is not None:
+            self.on_lost(error)
+        raise error
+
     def close(self) -> None:
-        self._counters = self._slots = None
+        self._counters = self._pids = self._slots = None
         self._map.close()
 
 
@@ -93,10 +173,12 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def open_host_sum(capacity: int = 1 << 14) -> bool:
+def open_host_sum(capacity: int = 1 << 14, timeout_s: float | None = None, on_lost=None) -> bool:
     """Collective: open the shared page when every rank of the default process group is on this host
     (and the CPU keeps stores in order: x86-64). Returns whether it is open; where it cannot be (no
-    room in /dev/shm, say), every rank goes on with torch.distributed."""
+    room in /dev/shm, say), every rank goes on with torch.distributed. A wait on the page ends with
+    a PeerLost when a peer has died, or has not arrived within `timeout_s`; `on_lost` gets it first
+    (to end the process in its own words)."""
     global _active
     close_host_sum()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -108,7 +190,7 @@ def open_host_sum(capacity: int = 1 << 14) -> bool:
     path = os.path.join(folder, f"enformer-train-{os.getpid()}-{secrets.token_hex(6)}")
     if rank == 0:
         try:
-            _active = HostSum(path, rank, world, capacity, create=True)
+            _active = HostSum(path, rank, world, capacity, create=True, timeout_s=timeout_s, on_lost=on_lost)
         except OSError:
             path = None
     shared = [path]
@@ -118,7 +200,7 @@ def open_host_sum(capacity: int = 1 << 14) -> bool:
         return False
     if rank != 0:
         try:
-            _active = HostSum(path, rank, world, capacity, create=False)
+            _active = HostSum(path, rank, world, capacity, create=False, timeout_s=timeout_s, on_lost=on_lost)
         except OSError:
             pass
     opened = [None] * world

@@ -64,7 +64,7 @@ def setup(device: str = "auto", collective_timeout_s: float | None = None, comma
             _init_process_group(dev, rank, world_size, collective_timeout_s)
         if dev.type == "cpu":
             with watching("opening the shared page for batch-norm sums (all_gather_object)"):
-                open_host_sum()
+                open_host_sum(timeout_s=collective_timeout_s, on_lost=lambda e: _page_lost(e, rank, command))
     return World(rank, world_size, local_rank, dev)
 
 
@@ -206,14 +206,37 @@ class Watchdog:
                    "(frozen, hung outside the collective, or dead)")
         else:
             who = "every rank arrived but the collective did not complete (network or NCCL hang)"
-        # rank 0's progress bar holds the terminal's line without a newline: start a line of our own
-        newline = "\n" if self.rank == 0 else ""
-        setting = "train.collective_timeout_s" if self.command == "train" else "--collective-timeout-s"
-        sys.stderr.write(f"{newline}enformer-train {self.command}: error: rank {self.rank}: {name}{at} waited more than "
-                         f"{self.timeout_s:g} s ({setting}): {who}; exiting so that torchrun "
-                         "--max-restarts or the scheduler restarts the job from the last checkpoint\n")
-        sys.stderr.flush()
-        os._exit(1)
+        _end_process(self.rank, self.command, f"{name}{at} waited more than {self.timeout_s:g} s "
+                                                f"({_timeout_setting(self.command)}): {who}")
+
+
+_ending = threading.Lock()
+
+
+def _timeout_setting(command: str) -> str:
+    return "train.collective_timeout_s" if command == "train" else "--collective-timeout-s"
+
+
+def _end_process(rank: int, command: str, what: str) -> None:
+    """End this rank's process at once with one line, 'rank R: WHAT; exiting so that ...' (the
+    watchdog's thread and a wait on the shared page may both get here: one line only)."""
+    _ending.acquire()  # never released: the first to come writes its line and exits
+    # rank 0's progress bar holds the terminal's line without a newline: start a line of our own
+    newline = "\n" if rank == 0 else ""
+    sys.stderr.write(f"{newline}enformer-train {command}: error: rank {rank}: {what}; exiting so that torchrun "
+                     "--max-restarts or the scheduler restarts the job from the last checkpoint\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _page_lost(error, rank: int, command: str) -> None:
+    """A wait on the shared page of batch-norm sums found a peer dead, or missing past the timeout."""
+    where = _watchdog.where if _watchdog is not None and _watchdog.where else ""
+    what = "the batch-norm sums on the host's shared page" + (f" at {where}" if where else "")
+    if error.dead:
+        _end_process(rank, command, f"{what}: {error.who} after {error.waited_s:.1f} s of waiting for it")
+    _end_process(rank, command, f"{what} waited more than {error.timeout_s:g} s ({_timeout_setting(command)}): "
+                                f"{error.who}")
 
 
 _watchdog: Watchdog | None = None
