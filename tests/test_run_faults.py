@@ -17,7 +17,7 @@ from enformer_train.data.store import Store
 from enformer_train.train.checkpoint import list_checkpoints, load_checkpoint
 from enformer_train.train.logging import read_metrics
 from enformer_train.train.loss import poisson_loss, poisson_terms
-from train_helpers import command, env, overrides, run
+from train_helpers import alive, command, env, overrides, rank_of, run
 
 
 def test_poisson_loss_is_finite_where_the_prediction_underflows_to_zero():
@@ -61,14 +61,6 @@ def _strict_json_lines(path) -> list[dict]:
         raise ValueError(f"{path}: {name} is not standard JSON")
 
     return [json.loads(line, parse_constant=refuse) for line in open(path).read().splitlines()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_second_run_on_the_same_folder_exits_at_once_and_a_resume_after_a_crash_takes_it(tmp_path):
@@ -154,20 +146,14 @@ def test_workers_stop_at_once_when_torchrun_is_killed_and_save_nothing(tmp_path)
         launcher.kill()
         launcher.wait(timeout=60)
         deadline = time.time() + 20
-        while time.time() < deadline and any(_alive(p) for p in workers):
+        while time.time() < deadline and any(alive(p) for p in workers):
             time.sleep(0.2)
-        assert not any(_alive(p) for p in workers), "the workers outlived their launcher"
+        assert not any(alive(p) for p in workers), "the workers outlived their launcher"
         assert list_checkpoints(folder) == []
     finally:
         for pid in [launcher.pid, *workers]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _rank_of(pid: int) -> int:
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        values = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    return int(values[b"RANK"])
 
 
 def test_a_frozen_rank_ends_the_job_with_one_line_naming_it(tmp_path):
@@ -180,7 +166,7 @@ def test_a_frozen_rank_ends_the_job_with_one_line_naming_it(tmp_path):
         _wait_for(lambda: len(_logged_steps(folder)) >= 1, "the first step")
         workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
                                                   text=True).stdout.split()]
-        frozen = next(p for p in workers if _rank_of(p) == 1)
+        frozen = next(p for p in workers if rank_of(p) == 1)
         os.kill(frozen, signal.SIGSTOP)
         frozen_at = time.time()
         _, err = launcher.communicate(timeout=240)  # torchrun: the live rank's exit, then its grace period
@@ -193,7 +179,7 @@ def test_a_frozen_rank_ends_the_job_with_one_line_naming_it(tmp_path):
         assert list_checkpoints(folder) == []
     finally:
         for pid in [launcher.pid, *workers]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -211,7 +197,7 @@ def test_a_frozen_rank_ends_evaluate_with_one_line_naming_it(tmp_path):
                                                          text=True).stdout.split()]
             return len(workers) == 2
         _wait_for(spawned, "the workers", timeout=120)
-        os.kill(next(p for p in workers if _rank_of(p) == 1), signal.SIGSTOP)  # before it joins the others
+        os.kill(next(p for p in workers if rank_of(p) == 1), signal.SIGSTOP)  # before it joins the others
         _, err = launcher.communicate(timeout=240)
         assert launcher.returncode != 0
         lines = [line for line in err.splitlines() if "--collective-timeout-s" in line]
@@ -221,5 +207,5 @@ def test_a_frozen_rank_ends_evaluate_with_one_line_naming_it(tmp_path):
         assert not (tmp_path / "eval" / "summary.json").exists()
     finally:
         for pid in [launcher.pid, *workers]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)

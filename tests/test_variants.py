@@ -1,5 +1,6 @@
 """`enformer-train score-variants`: windows and scores against the model run by hand, a trained
 model's answers on the synthetic barnyard, resume, torchrun, bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -308,6 +309,71 @@ def test_torchrun_two_processes_write_the_file_of_one(genome, model_file, tmp_pa
         assert sorted(a) == sorted(b) and a["SAD"].shape == (15, 5)
         for name in a:
             if name in ("SAD", "SAR"):  # equal here; on more cores the ranks' thread counts may round apart
+                np.testing.assert_allclose(a[name][:], b[name][:], rtol=2 ** -10, atol=1e-7)
+            else:
+                np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
+def test_a_frozen_rank_ends_the_run_with_one_line_and_a_rerun_scores_only_the_missing_chunks(genome, model_file,
+                                                                                            tmp_path):
+    import signal
+    import time
+
+    from train_helpers import alive, env, rank_of
+
+    sequences, fasta = genome
+    vcf = _write_vcf(tmp_path / "v.vcf", _many_variants(sequences["chr1"], 24, seed=7))  # 36 variants
+    args = ["--checkpoint", model_file[1], "--fasta", fasta, "--vcf", vcf, "--chunk-size", "2", "--stats", "SAD",
+            "--quiet", "--device", "cpu"]
+    out = tmp_path / "out.h5"
+    reference = subprocess.run([sys.executable, "-m", "enformer_train", "score-variants", *args, "--out",
+                                str(tmp_path / "reference.h5")], env={**env(), "OMP_NUM_THREADS": "1"},
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    # rank 1 stops itself as it starts its 3rd chunk: rank 0 scores all of its own, then waits for it
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         os.path.join(os.path.dirname(__file__), "stop_rank_at_chunk.py"), *args, "--out", str(out),
+         "--collective-timeout-s", "10"], env={**env(), "STOP_AT_CHUNK": "3"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(workers) < 2:
+            workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                                      text=True).stdout.split()]
+            time.sleep(0.2)
+        ranks = {rank_of(p): p for p in workers}
+        deadline = time.time() + 120
+        while time.time() < deadline and alive(ranks[0]):  # rank 0 ends on its own
+            time.sleep(0.2)
+        assert not alive(ranks[0]), "rank 0 did not end"
+        os.kill(ranks[1], signal.SIGKILL)  # the scheduler's part: the frozen rank goes too
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        for pid in [launcher.pid, *workers]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert launcher.returncode != 0
+    lines = [line for line in err.splitlines() if "--collective-timeout-s" in line]
+    assert len(lines) == 1, err[-5000:]
+    assert lines[0].startswith("enformer-train score-variants: error: rank 0: the barrier after scoring "), lines[0]
+    assert "waited more than 10 s" in lines[0] and "rank 1 did not arrive" in lines[0], lines[0]
+    assert not out.exists()
+    # rank 0 wrote every one of its chunks (0, 2, 4, ...), rank 1 its first two (1 and 3)
+    bounds = json.loads((tmp_path / "out.h5.partial" / "plan.json").read_text())["chunks"]
+    done = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "out.h5.partial").glob("chunk-*.npz"))
+    assert len(bounds) > 8 and done == sorted(list(range(0, len(bounds), 2)) + [1, 3])
+    missing = sum(b - a for c, (a, b) in enumerate(bounds) if c not in done)
+    rerun = subprocess.run([sys.executable, "-m", "enformer_train", "score-variants", *args, "--out", str(out)],
+                           env={**env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {out}.partial: {len(done)} of {len(bounds)} chunks done" in rerun.stderr
+    assert f"scored 36 variants ({missing} here" in rerun.stdout  # the missing chunks alone
+    with h5py.File(tmp_path / "reference.h5") as a, h5py.File(out) as b:
+        assert sorted(a) == sorted(b) and a["SAD"].shape == (36, 5)
+        for name in a:
+            if name == "SAD":  # equal here; on more cores the ranks' thread counts may round apart
                 np.testing.assert_allclose(a[name][:], b[name][:], rtol=2 ** -10, atol=1e-7)
             else:
                 np.testing.assert_array_equal(a[name][:], b[name][:])

@@ -56,3 +56,19 @@ def run(nproc: int, args: list[str], check: bool = True, extra_env: dict | None 
     if check and proc.returncode != 0:
         raise AssertionError(f"train exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie has died: its parent has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def rank_of(pid: int) -> int:
+    """The torchrun rank of worker process `pid` (its RANK)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        values = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return int(values[b"RANK"])

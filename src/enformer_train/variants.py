@@ -380,7 +380,7 @@ def score_variants(args) -> dict:
                 scored += b - a
                 bar.update(b - a)
         seconds = time.time() - started
-        barrier()
+        barrier(f"the barrier after scoring ({len(mine)} chunks on this rank), before rank 0 writes {out}")
         summary = {"variants": len(variants), "scored": scored, "windows": scorer.windows, "seconds": seconds,
                    "symbolic": skipped.symbolic, "ref_mismatch": skipped.ref_mismatch, "out": out}
         if world.is_main:

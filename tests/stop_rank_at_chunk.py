@@ -1,0 +1,21 @@
+"""`enformer-train score-variants ARGS` with a fault injected, to run under torchrun: rank 1
+stops itself (SIGSTOP, as a frozen node would) when it starts its STOP_AT_CHUNK-th chunk."""
+import os
+import signal
+import sys
+
+from enformer_train import variants
+from enformer_train.cli import main
+
+_score, _calls = variants.Scorer.score, []
+
+
+def _score_or_stop(self, chunk):
+    _calls.append(len(chunk))
+    if int(os.environ["RANK"]) == 1 and len(_calls) == int(os.environ["STOP_AT_CHUNK"]):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return _score(self, chunk)
+
+
+variants.Scorer.score = _score_or_stop
+sys.exit(main(["score-variants", *sys.argv[1:]]))
