@@ -214,6 +214,14 @@ def open_host_sum(capacity: int = 1 << 14, timeout_s: float | None = None, on_lo
     return True
 
 
+def dead_ranks() -> list[tuple[int, int]]:
+    """(rank, pid) of the ranks on the open page whose process has died; [] without a page."""
+    if _active is None:
+        return []
+    return [(r, int(_active._pids[r])) for r in range(_active.world)
+            if r != _active.rank and process_state(int(_active._pids[r])) is None]
+
+
 def close_host_sum() -> None:
     global _active
     if _active is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
-from ..model.host_sum import close_host_sum, open_host_sum
+from ..model.host_sum import close_host_sum, dead_ranks, open_host_sum
 
 
 @dataclass
@@ -153,6 +154,12 @@ class Watchdog:
         self._region = (self._seq, name, time.monotonic())
         try:
             yield
+        except RuntimeError as e:
+            lost = _lost_connection(e)
+            if lost is None:
+                raise
+            at = f" at {self.where}" if self.where else ""
+            _end_process(self.rank, self.command, f"{name}{at}: {_dead_peers() or 'a peer'} ({lost})")
         finally:
             self._region = None
 
@@ -227,6 +234,30 @@ def _end_process(rank: int, command: str, what: str) -> None:
                      "--max-restarts or the scheduler restarts the job from the last checkpoint\n")
     sys.stderr.flush()
     os._exit(1)
+
+
+_PEER_GONE = re.compile(r"Connection (?:reset|closed) by peer|Broken pipe")
+_ADDRESS = re.compile(r"\[([^\]\s]*)\]:(\d+)")
+
+
+def _lost_connection(error: RuntimeError) -> str | None:
+    """gloo's words when `error` says a peer's connection went (reset, closed: its process died
+    or its host went down), e.g. 'Connection closed by peer [10.0.0.2]:6100'; None for other errors."""
+    text = str(error)
+    gone = _PEER_GONE.search(text)
+    if gone is None:
+        return None
+    address = _ADDRESS.search(text)
+    return gone.group(0) + (f" [{address.group(1)}]:{address.group(2)}" if address else "")
+
+
+def _dead_peers() -> str:
+    """'rank 1 (pid 1234) died' for the peers on this host whose process has died (the shared page
+    knows their pids), or '' when none is known to have died."""
+    dead = dead_ranks()
+    if not dead:
+        return ""
+    return "; ".join(f"rank {r} (pid {pid}) died" for r, pid in dead)
 
 
 def _page_lost(error, rank: int, command: str) -> None:
