@@ -42,16 +42,16 @@ _CHECK_S = 0.05  # seconds between looks at the peers a wait is waiting for
 
 class PeerLost(RuntimeError):
     """Ranks that did not post their vector: `dead` (their process is gone) or, after `timeout_s`,
-    still missing. `who` says it in words: 'rank 1 (pid 1234) died', 'rank 1 did not arrive (pid
-    1234: stopped)'."""
+    still missing. `who` says which in words: 'rank 1 (pid 1234) died', 'rank 1 did not arrive
+    (pid 1234: stopped)'."""
 
-    def __init__(self, ranks: list[int], dead: bool, waited_s: float, timeout_s: float | None, who: str):
+    def __init__(self, who: str, dead: bool, waited_s: float, timeout_s: float | None):
         super().__init__(f"{who} (waited {waited_s:.1f} s)")
-        self.ranks, self.dead, self.waited_s, self.timeout_s, self.who = ranks, dead, waited_s, timeout_s, who
+        self.who, self.dead, self.waited_s, self.timeout_s = who, dead, waited_s, timeout_s
 
 
 _STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible I/O", "T": "stopped", "t": "stopped by a "
-           "debugger", "Z": "dead", "X": "dead", "I": "idle"}
+           "debugger", "I": "idle"}
 
 
 def process_state(pid: int) -> str | None:
@@ -144,12 +144,12 @@ class HostSum:
         dead = [r for r in missing if states[r] is None]
         if dead:
             who = "; ".join(f"rank {r} (pid {self._pids[r]}) died" for r in dead)
-            self._lost(PeerLost(dead, True, waited, self.timeout_s, who))
+            self._lost(PeerLost(who, True, waited, self.timeout_s))
         elif missing and self.timeout_s is not None and waited > self.timeout_s:
             s = "s" if len(missing) > 1 else ""
             who = (f"rank{s} {', '.join(map(str, missing))} did not arrive ("
                    + ", ".join(f"pid {self._pids[r]}: {states[r]}" for r in missing) + ")")
-            self._lost(PeerLost(missing, False, waited, self.timeout_s, who))
+            self._lost(PeerLost(who, False, waited, self.timeout_s))
 
     def _lost(self, error: PeerLost) -> None:
         if self.on_lost is not None:
