@@ -150,3 +150,30 @@ def test_a_peer_killed_or_stopped_during_an_exchange_ends_the_survivor_with_one_
                                    f"(pid {pid}: stopped); exiting so that torchrun"), lines[0]
         assert 4 < elapsed < 30
     assert _page_files() == before  # the page left no file
+
+
+def test_a_wait_without_an_owner_raises_peer_lost_naming_the_rank(tmp_path):
+    import subprocess
+    import time
+
+    def page(peer_pid: int, timeout_s):
+        path = str(tmp_path / f"page-{peer_pid}")
+        mine = host_sum.HostSum(path, 0, 2, 8, create=True, timeout_s=timeout_s)
+        peer = host_sum.HostSum(path, 1, 2, 8, create=False)
+        peer._pids[1] = peer_pid  # rank 1 "is" that process; it never posts
+        return mine
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with pytest.raises(host_sum.PeerLost, match=rf"^rank 1 \(pid {gone.pid}\) died") as lost:
+        page(gone.pid, None).sum(torch.ones(3, dtype=torch.float64))
+    assert lost.value.dead and lost.value.waited_s < 1
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        started = time.monotonic()
+        with pytest.raises(host_sum.PeerLost, match=rf"^rank 1 did not arrive \(pid {sleeper.pid}: sleeping\)"):
+            page(sleeper.pid, 0.3).sum(torch.ones(3, dtype=torch.float64))
+        assert 0.3 < time.monotonic() - started < 5
+    finally:
+        sleeper.kill()
+        sleeper.wait()
