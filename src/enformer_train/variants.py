@@ -18,7 +18,6 @@ stopped run resumes where it was; rank 0 assembles the output when every chunk i
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from . import chunks
 from .data.genome import Genome, decode, encode
 from .errors import UserError
 from .files import atomic_write
@@ -240,31 +240,6 @@ class Plan:
     chunks: list[list[int]] = field(default_factory=list)
 
 
-def _partial_dir(out: str) -> str:
-    return out + ".partial"
-
-
-def _chunk_path(partial: str, c: int) -> str:
-    return os.path.join(partial, f"chunk-{c:06d}.npz")
-
-
-def _write_chunk(path: str, scores: dict[str, np.ndarray]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **scores)
-
-    atomic_write(path, write)
-
-
-def _read_chunk(path: str, n: int, stats: list[str]) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path) as z:
-            scores = {s: z[s] for s in stats}
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    return scores if all(v.shape[0] == n for v in scores.values()) else None
-
-
 def write_output(out: str, variants: list[Variant], scores: dict[str, np.ndarray], target_ids: list[str],
                  target_labels: list[str]) -> None:
     """`out` atomically: HDF5 in Basenji's sad.h5 layout, or a .tsv with a column per stat and track."""
@@ -337,28 +312,8 @@ def score_variants(args) -> dict:
         plan = Plan(os.path.abspath(args.vcf), stat.st_size, stat.st_mtime_ns, os.path.abspath(loaded.path), head,
                     tracks, stats, bool(args.tta), args.ref_mismatch, args.chunk_size, len(variants),
                     model.config.sequence_length, [list(b) for b in bounds])
-        partial = _partial_dir(out)
-        manifest = os.path.join(partial, "plan.json")
-        stale = False
-        if os.path.exists(manifest):
-            with open(manifest) as f:
-                stale = json.load(f) != json.loads(json.dumps(asdict(plan)))
-            if stale and not args.force:
-                raise UserError(f"{partial} holds a stopped run with other inputs or options (VCF, model, tracks, "
-                                f"stats, --tta, --chunk-size); rerun with those, or pass --force to start afresh")
-        barrier()
-        if world.is_main:
-            if stale:
-                shutil.rmtree(partial)
-            os.makedirs(partial, exist_ok=True)
-            if not os.path.exists(manifest):
-                with open(manifest + ".tmp", "w") as f:
-                    json.dump(asdict(plan), f)
-                os.replace(manifest + ".tmp", manifest)
-        barrier()
-        todo = [c for c, (a, b) in enumerate(bounds)
-                if _read_chunk(_chunk_path(partial, c), b - a, stats) is None]
-        barrier()  # every rank has listed the chunks to do before any rank writes one
+        partial, todo = chunks.start(out, asdict(plan), [b - a for a, b in bounds], stats, args.force, world,
+                                     "VCF, model, tracks, stats, --tta, --chunk-size")
         mine = todo[world.rank::world.world_size]
         pair = None
         if args.tta and rows is not None:
@@ -376,7 +331,7 @@ def score_variants(args) -> dict:
                       enabled=world.is_main and not getattr(args, "quiet", False)) as bar:
             for c in mine:
                 a, b = bounds[c]
-                _write_chunk(_chunk_path(partial, c), scorer.score(variants[a:b]))
+                chunks.write_chunk(chunks.chunk_path(partial, c), scorer.score(variants[a:b]))
                 scored += b - a
                 bar.update(b - a)
         seconds = time.time() - started
@@ -386,9 +341,9 @@ def score_variants(args) -> dict:
         if world.is_main:
             scores = {s: [] for s in stats}
             for c, (a, b) in enumerate(bounds):
-                chunk = _read_chunk(_chunk_path(partial, c), b - a, stats)
+                chunk = chunks.read_chunk(chunks.chunk_path(partial, c), b - a, stats)
                 if chunk is None:
-                    raise UserError(f"{_chunk_path(partial, c)}: missing or unreadable after every rank finished; "
+                    raise UserError(f"{chunks.chunk_path(partial, c)}: missing or unreadable after every rank finished; "
                                     f"run the command again to score it")
                 for s in stats:
                     scores[s].append(chunk[s])
