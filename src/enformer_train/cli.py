@@ -95,6 +95,29 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(run_predict(args))
 
 
+def _cmd_attribute(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .attribute import run_attribute
+
+    s = run_attribute(
+        args.checkpoint, args.fasta, args.out, region=args.region, regions=args.regions, organism=args.organism,
+        tracks=args.tracks, targets=args.targets, bins=args.bins, transform=args.transform, per_track=args.per_track,
+        method=args.method, ism_region=args.ism_region, steps=args.steps, mean_center=args.mean_center, rc=args.rc,
+        plot=args.plot, device=args.device, bf16=args.bf16, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        quiet=args.quiet, force=args.force, collective_timeout_s=args.collective_timeout_s)
+    if s is None:
+        return
+    maps = f", {s['maps']} maps each" if s["maps"] > 1 else ""
+    print(f"{s['method']}: {s['regions']} region(s), {s['span']:,} bases scored each{maps}")
+    if s["method"] == "integrated-gradients":
+        print(f"  convergence delta (sum of attributions - (target - target at the baseline)): largest "
+              f"|{np.abs(s['delta']).max():.3g}| against targets up to {np.abs(s['prediction']).max():.3g}")
+    if s["skipped"]:
+        print(f"  skipped {s['skipped']} position(s) that are not A, C, G or T (NaN in the output)")
+    print(f"wrote {', '.join(s['written'])}")
+
+
 def _cmd_score_variants(args: argparse.Namespace) -> None:
     from .variants import score_variants
 
@@ -234,6 +257,52 @@ def _add_score_variants(sub) -> None:
     p.set_defaults(func=_cmd_score_variants)
 
 
+def _add_attribute(sub) -> None:
+    p = sub.add_parser(
+        "attribute", help="contribution scores: which bases drive a prediction (gradient x input, ISM, "
+                          "integrated gradients); under torchrun too",
+        description="The target is the mean prediction over --tracks x --bins (default the three centre output "
+                    "bins). input-grad (default) is the Enformer colab's contribution_input_grad: the gradient of "
+                    "the target with respect to the one-hot input, times the input, summed over the bases. ism "
+                    "scores every base of a span against its three alternatives: target(alt) - target(ref). "
+                    "integrated-gradients is captum's, from a uniform 0.25 baseline. Output per region: per-base "
+                    "scores and hypothetical [L, 4] scores (.npz, .h5), or the per-base scores as a bigWig. A "
+                    "stopped --regions run resumes from OUT.partial/ when started again with the same options.")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
+    p.add_argument("--fasta", required=True, help="genome FASTA, plain or bgzipped (.fa.gz)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--region", help="CHROM:START-END (0-based, end exclusive), at most the model's input length; "
+                                        "the model's window is centred on it")
+    where.add_argument("--regions", metavar="BED", help="many regions (chrom, start, end); with --method ism each is "
+                                                        "the span mutated, all of one length")
+    p.add_argument("--organism", help="head (default: the model's first)")
+    p.add_argument("--tracks", help="track indices and/or description substrings, comma-separated (default: all)")
+    p.add_argument("--targets", help="targets.txt for track descriptions and strand pairs (default: the training store's)")
+    p.add_argument("--bins", help="output bins of the target, indices and ranges, e.g. 447-449,500 (default: the "
+                                  "three centre bins)")
+    p.add_argument("--transform", choices=["log1p"], help="take log(1 + prediction) before the mean")
+    p.add_argument("--per-track", action="store_true", help="one map per selected track instead of one for their mean")
+    p.add_argument("--method", default="input-grad", help="input-grad (default), ism or integrated-gradients")
+    p.add_argument("--ism-region", help="with --method ism and --region: CHROM:START-END inside the window "
+                                        "(default: the region)")
+    p.add_argument("--steps", type=int, default=50, help="integrated-gradients: steps from the baseline (default 50)")
+    p.add_argument("--mean-center", action="store_true", help="input-grad: subtract the mean of the gradient over "
+                                                             "the four bases before multiplying by the input")
+    p.add_argument("--rc", action="store_true", help="average with the reverse-complement window's map (stranded "
+                                                     "tracks swapped with their partners in targets.txt)")
+    p.add_argument("--out", required=True, help=".npz, .h5 or .bw (per-base scores; with --per-track one per track)")
+    p.add_argument("--plot", help="PNG: the prediction, |contribution| pooled to the bin size and a sequence logo "
+                                  "(the first region)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (ISM, integrated gradients)")
+    p.add_argument("--chunk-size", type=int, default=16, help="regions per resumable unit of work (default 16)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out / --plot (and a stale OUT.partial/)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _collective_timeout_argument(p)
+    p.set_defaults(func=_cmd_attribute)
+
+
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="a PNG of a region's tracks: measured (from a store) and predicted")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
@@ -310,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_score_variants(sub)
+    _add_attribute(sub)
     _add_plot(sub)
     _add_prepare(sub)
     _add_regions(sub)

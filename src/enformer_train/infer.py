@@ -11,6 +11,7 @@ off a chromosome read as N (code 4).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import os
 from dataclasses import dataclass
@@ -113,7 +114,9 @@ def select_tracks(spec: str | None, num_tracks: int, targets: list[dict] | None)
             raise UserError(f"--tracks {item!r}: choosing by description needs targets.txt; give --targets FILE")
         hits = [i for i, row in enumerate(targets) if item.lower() in row.get("description", "").lower()]
         if not hits:
-            raise UserError(f"--tracks {item!r}: no track description contains it")
+            close = difflib.get_close_matches(item, [row.get("description", "") for row in targets], n=3, cutoff=0.5)
+            raise UserError(f"--tracks {item!r}: no track description contains it"
+                            + (f"; close: {', '.join(map(repr, close))}" if close else ""))
         chosen.extend(hits)
     return list(dict.fromkeys(chosen))
 
