@@ -241,6 +241,11 @@ def test_bigwigs_hold_the_npz_scores_at_their_positions_and_plot_writes_a_png(fi
     start = int(z["span_start"][0])
     assert start < 0 and bw.intervals("chr1")[0][0] == 0
     np.testing.assert_allclose(np.array(bw.values("chr1", 0, start + LENGTH)), z["scores"][0, -start:], rtol=1e-6)
+    # overlapping windows cannot share a bigWig: refused before any work, nothing written
+    bed.write_text("chr1\t1000\t1100\nchr1\t1500\t1600\n")
+    assert main(["attribute", "--checkpoint", files["weights"], "--fasta", files["fasta"], "--regions", str(bed),
+                 "--out", str(tmp_path / "o.bw"), "--quiet", "--device", "cpu"]) == 1
+    assert not (tmp_path / "o.bw").exists() and not (tmp_path / "o.bw.partial").exists()
 
 
 def test_a_stopped_regions_run_resumes_and_two_ranks_write_the_file_of_one(files, tmp_path, monkeypatch):

@@ -331,7 +331,7 @@ def write_bigwigs(out: str, genome: Genome, arrays: dict[str, np.ndarray], names
 
     scores = arrays["scores"]  # [R, (k,) W]
     per_track = scores.ndim == 3
-    paths = [out] if not per_track else [f"{out.rsplit('.', 1)[0]}.track{t}.bw" for t in arrays["tracks"]]
+    paths = _bigwig_paths(out, list(arrays["tracks"]), per_track)
     order = sorted(range(len(arrays["chrom"])), key=lambda r: (names.index(str(arrays["chrom"][r])),
                                                                  int(arrays["span_start"][r])))
     for j, path in enumerate(paths):
@@ -351,21 +351,26 @@ def write_bigwigs(out: str, genome: Genome, arrays: dict[str, np.ndarray], names
     return paths
 
 
-def _refuse_overlaps(arrays: dict[str, np.ndarray], regions: list[Region]) -> None:
-    spans = sorted((str(c), int(s), int(s) + arrays["scores"].shape[-1], r)
-                   for r, (c, s) in enumerate(zip(arrays["chrom"], arrays["span_start"])))
-    for (c0, s0, e0, r0), (c1, s1, e1, r1) in zip(spans, spans[1:]):
-        if c0 == c1 and s1 < e0:
-            raise UserError(f"{regions[r1].source}: the scored bases of {regions[r1].name()} ({c1}:{s1}-{e1}) overlap "
-                            f"those of {regions[r0].name()} ({c0}:{s0}-{e0}); a bigWig holds one value a base: write "
-                            ".npz or .h5, or give regions whose spans do not overlap")
+def _refuse_overlaps(regions: list[Region], spans: list[tuple[int, int]]) -> None:
+    """A bigWig holds one value a base: scored spans of two regions must not overlap."""
+    order = sorted(range(len(regions)), key=lambda r: (regions[r].chrom, spans[r][0]))
+    for r0, r1 in zip(order, order[1:]):
+        if regions[r0].chrom == regions[r1].chrom and spans[r1][0] < spans[r0][1]:
+            raise UserError(f"{regions[r1].source}: the bases scored for {regions[r1].name()} "
+                            f"({regions[r1].chrom}:{spans[r1][0]}-{spans[r1][1]}) overlap those of {regions[r0].name()} "
+                            f"({regions[r0].chrom}:{spans[r0][0]}-{spans[r0][1]}); a bigWig holds one value a base: "
+                            "write .npz or .h5, or give regions whose spans do not overlap")
+
+
+def _bigwig_paths(out: str, tracks: list[int], per_track: bool) -> list[str]:
+    return [f"{out.rsplit('.', 1)[0]}.track{t}.bw" for t in tracks] if per_track else [out]
 
 
 def plot_attribution(path: str, arrays: dict[str, np.ndarray], codes: np.ndarray, r: int, bin_size: int,
                      out_flank: int, method: str, title: str) -> None:
     """The colab's figure for region r: the predicted target tracks over the output span, the
-    |per-base score| pooled to `bin_size` over the same span, and a sequence logo (logomaker): the
-    ISM span, or the 100 bp with the largest |score| of a gradient map."""
+    |per-base score| pooled to `bin_size` over the same span (ISM: per base over its span), and a
+    sequence logo (logomaker) of the 100 bp with the largest |score|."""
     import logomaker
 
     from .plots import _pyplot
@@ -495,6 +500,11 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
                 raise UserError(f"{r.source}: {r.name()} is {r.end - r.start:,} bp, longer than the model's input "
                                 f"({length:,} bp); give regions of at most that")
             spans.append(scored_span(r, length, method, ism_span))
+        if out.endswith(_BIGWIG):
+            _refuse_overlaps(wanted, spans)
+            for path in _bigwig_paths(out, chosen, per_track):
+                if os.path.exists(path) and not force:
+                    raise UserError(f"{path} exists; pass --force to replace it")
         widths = {b - a for a, b in spans}
         if len(widths) > 1:
             raise UserError(f"--regions {regions}: ISM spans of {len(widths)} lengths ({min(widths)}-{max(widths)} bp); "
@@ -545,7 +555,6 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
                                                             "mean_center", "rc", "bf16")}),
                 "checkpoint": loaded.path, "regions": [r.name() for r in wanted]}
         if out.endswith(_BIGWIG):
-            _refuse_overlaps(arrays, wanted)
             written = write_bigwigs(out, genome, arrays, list(genome.lengths))
         else:
             write_arrays(out, arrays, meta)
