@@ -562,9 +562,8 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
         if plot:
             codes = genome.fetch(wanted[0].chrom, int(arrays["span_start"][0]),
                                  int(arrays["span_start"][0]) + arrays["scores"].shape[-1])
-            title = (f"{method} of {wanted[0].name()}: {head} "
-                     f"{names[0] if per_track else ', '.join(names[:3]) + (' ...' if len(names) > 3 else '')}, "
-                     f"bins {bins or ','.join(map(str, target.bins))}")
+            shown = names[0] if per_track or len(names) == 1 else f"{len(names)} tracks ({names[0]}, ...)"
+            title = f"{method} of {wanted[0].name()}: {head} {shown}, bins {bins or ','.join(map(str, target.bins))}"
             plot_attribution(plot, arrays, codes, 0, model.config.bin_size, flank(model), method, title)
             written.append(plot)
         shutil.rmtree(partial, ignore_errors=True)
