@@ -3,14 +3,14 @@
 At one width, batch and input length, on random weights and sequence (CPU, float32):
 - a training step's forward+backward (train mode, Poisson loss on every head) against one
   input-grad map (eval mode, the gradient of a target with respect to the one-hot input);
-- one map against `--per-track` maps of K tracks (one forward and one backward over K copies);
+- one map against `--per-track` maps of K tracks (one forward, then K input-only backwards through its graph);
 - ISM forwards/s (mutated windows in batches of --batch) against `predict`'s windows/s at the
   same batch (predict_codes on as many windows);
 - ISM's peak memory (RSS, a fresh process each) over spans of two lengths: flat when the
   mutated windows are made a batch at a time.
 
     python benchmarks/attribute.py                       # the demo's model (configs/tiny.yaml)
-    python benchmarks/attribute.py --config configs/enformer.yaml --channels 384 --repeats 2   # quarter width
+    python benchmarks/attribute.py --config configs/enformer.yaml --channels 384 --repeats 2 --ism-spans 2,8   # quarter width
 """
 from __future__ import annotations
 
@@ -44,14 +44,18 @@ def _model(args):
     return Enformer(config)
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up: allocators, caches
-    times = []
+def _timed(*fns, repeats: int) -> list[float]:
+    """Median seconds of each function over `repeats` rounds, the functions taking turns within a
+    round so that a machine's drift (other jobs, clocks) falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm-up: allocators, caches
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, kept in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return [statistics.median(kept) for kept in times]
 
 
 def _ism_peak(args, span: int) -> int:
@@ -87,6 +91,8 @@ def parse():
     p.add_argument("--ism-spans", default="32,128", help="two ISM span lengths for the memory comparison")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--parts", default="maps,ism,memory",
+                   help="rows to measure: maps (input-grad), ism (forwards/s), memory (ISM's peak RSS)")
     return p.parse_args()
 
 
@@ -113,40 +119,39 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
 
     centre = [bins // 2 - 1, bins // 2, bins // 2 + 1]
-    one_map = lambda: input_grad(model.eval(), codes, "human", Target(centre, [0]))
-    k_maps = lambda: input_grad(model.eval(), codes, "human", Target(centre, list(range(args.k)), per_track=True))
-    train_s = _timed(training_step, args.repeats)
-    map_s = _timed(one_map, args.repeats)
-    k_s = _timed(k_maps, max(1, args.repeats // 2))
-
-    model.eval()
-    window = codes[0].numpy()
-    windows = np.repeat(window[None], args.batch * 4, axis=0)
-    predict_s = _timed(lambda: [predict_codes(model, windows[i:i + args.batch], "human")
-                                for i in range(0, len(windows), args.batch)], args.repeats)
-    span = (length // 2, length // 2 + (args.batch * 4 + 2) // 3)  # about as many forwards
-    mutations = 3 * (span[1] - span[0])
-    ism_s = _timed(lambda: ism(model, window, span, "human", Target(centre, [0]), batch_size=args.batch),
-                   args.repeats)
-    predict_rate = len(windows) / predict_s
-    ism_rate = (mutations + 1) / ism_s  # + the reference window
-    small, large = (int(s) for s in args.ism_spans.split(","))
-    peaks = {s: _ism_peak(args, s) for s in (small, large)}
-
+    parts = set(args.parts.split(","))
     c = model.config
     print(f"channels {c.channels}, {c.num_transformer_layers} transformer layers, {length:,} bp, {args.tracks} tracks, "
           f"batch {args.batch}, {args.threads} threads, median of {args.repeats}")
     print("| what | time | against | ratio |")
     print("|---|---|---|---|")
-    print(f"| input-grad, one map | {map_s * 1e3:.1f} ms | training step fwd+bwd {train_s * 1e3:.1f} ms | "
-          f"{map_s / train_s:.2f}x |")
-    print(f"| input-grad, --per-track K={args.k} | {k_s * 1e3:.1f} ms | one map {map_s * 1e3:.1f} ms | "
-          f"{k_s / map_s:.2f}x |")
-    print(f"| ISM forwards | {ism_rate:.1f} windows/s | predict {predict_rate:.1f} windows/s | "
-          f"{ism_rate / predict_rate:.2f}x |")
-    print(f"| ISM peak RSS, span {large} | {peaks[large] / 2**20:.0f} MiB | span {small}: "
-          f"{peaks[small] / 2**20:.0f} MiB | {peaks[large] / peaks[small]:.2f}x |")
-
+    if "maps" in parts:
+        one_map = lambda: input_grad(model.eval(), codes, "human", Target(centre, [0]))
+        k_maps = lambda: input_grad(model.eval(), codes, "human", Target(centre, list(range(args.k)), per_track=True))
+        train_s, map_s = _timed(training_step, one_map, repeats=args.repeats)
+        k_s, = _timed(k_maps, repeats=max(1, args.repeats // 2))
+        print(f"| input-grad, one map | {map_s * 1e3:.1f} ms | training step fwd+bwd {train_s * 1e3:.1f} ms | "
+              f"{map_s / train_s:.2f}x |")
+        print(f"| input-grad, --per-track K={args.k} | {k_s * 1e3:.1f} ms | one map {map_s * 1e3:.1f} ms | "
+              f"{k_s / map_s:.2f}x |")
+    if "ism" in parts:
+        model.eval()
+        window = codes[0].numpy()
+        windows = np.repeat(window[None], args.batch * 4, axis=0)
+        span = (length // 2, length // 2 + (args.batch * 4 + 2) // 3)  # about as many forwards
+        predict_s, ism_s = _timed(
+            lambda: [predict_codes(model, windows[i:i + args.batch], "human") for i in range(0, len(windows), args.batch)],
+            lambda: ism(model, window, span, "human", Target(centre, [0]), batch_size=args.batch),
+            repeats=args.repeats)
+        predict_rate = len(windows) / predict_s
+        ism_rate = (3 * (span[1] - span[0]) + 1) / ism_s  # the mutations and the reference window
+        print(f"| ISM forwards | {ism_rate:.3g} windows/s | predict {predict_rate:.3g} windows/s | "
+              f"{ism_rate / predict_rate:.2f}x |")
+    if "memory" in parts:
+        small, large = (int(s) for s in args.ism_spans.split(","))
+        peaks = {s: _ism_peak(args, s) for s in (small, large)}
+        print(f"| ISM peak RSS, span {large} | {peaks[large] / 2**20:.0f} MiB | span {small}: "
+              f"{peaks[small] / 2**20:.0f} MiB | {peaks[large] / peaks[small]:.2f}x |")
 
 if __name__ == "__main__":
     main()
