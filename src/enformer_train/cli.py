@@ -148,6 +148,16 @@ CONFIG_POINTER = ("Config options (model., data., train.): `enformer-train confi
                   "prints every one with its meaning and default.")
 
 
+def _scoring_run_arguments(p: argparse.ArgumentParser, force: str) -> None:
+    """--force (its help), --bf16, --quiet, --device and the collective timeout: the flags shared by the
+    commands that score many windows in resumable chunks under torchrun."""
+    p.add_argument("--force", action="store_true", help=force)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _collective_timeout_argument(p)
+
+
 def _collective_timeout_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collective-timeout-s", type=float, default=600.0,
                    help="under torchrun: a rank that waits longer for the others exits with a line naming them (default 600)")
@@ -249,11 +259,7 @@ def _add_score_variants(sub) -> None:
     p.add_argument("--ref-mismatch", choices=["error", "skip", "warn"], default="error",
                    help="a REF that differs from the FASTA: stop (default), skip the variant, or score it and warn")
     p.add_argument("--chunk-size", type=int, default=256, help="variants per resumable unit of work (default 256)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out (and a stale OUT.partial/)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    _collective_timeout_argument(p)
+    _scoring_run_arguments(p, force="replace an existing --out (and a stale OUT.partial/)")
     p.set_defaults(func=_cmd_score_variants)
 
 
@@ -295,11 +301,7 @@ def _add_attribute(sub) -> None:
                                   "(the first region)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (ISM, integrated gradients)")
     p.add_argument("--chunk-size", type=int, default=16, help="regions per resumable unit of work (default 16)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out / --plot (and a stale OUT.partial/)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    _collective_timeout_argument(p)
+    _scoring_run_arguments(p, force="replace an existing --out / --plot (and a stale OUT.partial/)")
     p.set_defaults(func=_cmd_attribute)
 
 
