@@ -136,7 +136,7 @@ def input_grad(model, codes: torch.Tensor, head: str, target: Target, *, mean_ce
 
     With per_track the k maps come from one forward and k backward passes through its graph (kept
     between them), each computing the input's gradient alone: at quarter width a further track cost
-    about 0.6 of one map, where k copies of the window in one batch cost 1.5 maps a track and k times
+    0.6-0.7 of one map, where k copies of the window in one batch cost 1.5 maps a track and k times
     the memory, and is_grads_batched's vmap does not run the project's in-place backward kernels."""
     k = target.maps
     dtype = next(model.parameters()).dtype
