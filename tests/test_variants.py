@@ -36,10 +36,10 @@ def _write_vcf(path, rows: list[str], gz: bool = False) -> str:
     if gz:
         import gzip
 
-        with gzip.open(path, "wt") as f:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
             f.write(text)
     else:
-        with open(path, "w") as f:
+        with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     return str(path)
 
@@ -180,7 +180,7 @@ def test_tta_on_a_palindromic_window_averages_the_strands_with_pairs_swapped(gen
         assert main(["score-variants", "--checkpoint", path, "--fasta", fasta, "--vcf", vcf, "--out", str(out),
                      "--targets", targets_file, "--tracks", "CAGE,0", "--quiet"] + (["--tta"] if tta else [])) == 0
     tracks = [1, 2, 4, 0]  # CAGE:liver +, CAGE:liver -, CAGE:brain, then track 0
-    assert _read_tsv(tmp_path / "ttaTrue.tsv")[0][5:] == ["SAD:T1+", "SAD:T1-", "SAD:T4", "SAD:T0"]
+    assert _read_tsv(tmp_path / "ttaTrue.tsv")[0][6:] == ["SAD:T1+", "SAD:T1-", "SAD:T4", "SAD:T0"]
     pair = [0, 2, 1, 3, 4]
     alt_w = _alt_window(s, pos, s[pos - 1], alt)
     p_ref, p_alt = _predict(model, ref_w), _predict(model, alt_w)
@@ -204,6 +204,7 @@ def test_tta_on_a_palindromic_window_averages_the_strands_with_pairs_swapped(gen
     ("chr1\t120\tr\tA\tQ", "line 3: ALT 'Q' is not a sequence"),
     ("chrZ\t120\tr\tA\tC", "line 3: chromosome 'chrZ' is not in"),
     ("chr1\t120\tr\tREF\tC", "line 3: REF 'REF' is not a sequence"),
+    ("chr1\t120\tr\tAC\tG,ac", "line 3: ALT 'ac' is REF"),
 ])
 def test_bad_vcf_lines_are_one_line_errors_naming_the_line(genome, model_file, tmp_path, capsys, row, message):
     _, fasta = genome
@@ -241,6 +242,60 @@ def test_ref_mismatch_error_skip_warn_and_bad_tracks(genome, model_file, targets
     assert "exists; pass --force" in capsys.readouterr().err
 
 
+def test_swapped_alleles_are_flipped_and_warn_never_scores_a_window_against_itself(genome, model_file, tmp_path, capsys):
+    sequences, fasta = genome
+    s = sequences["chr1"]
+    other = "A" if s[1999] != "A" else "C"
+    neither, also = [b for b in "ACGT" if b != s[2999]][:2]  # REF and ALT, neither the FASTA's base
+    right = [f"chr1\t2000\tup\t{s[1999]}\t{other}", f"chr1\t2500\tins\t{s[2499]}\t{s[2499]}GATT"]
+    swapped = [f"chr1\t2000\tup\t{other}\t{s[1999]}", f"chr1\t2500\tins\t{s[2499]}GATT\t{s[2499]}"]
+    # a window at a time: the same bases give the same bits whatever else is scored
+    base = ["score-variants", "--checkpoint", model_file[1], "--fasta", fasta, "--quiet", "--stats", "SAD,SAR",
+            "--batch-size", "1"]
+    assert main(base + ["--vcf", _write_vcf(tmp_path / "r.vcf", right), "--out", str(tmp_path / "r.tsv")]) == 0
+    capsys.readouterr()
+    expected = {stat: _scores(tmp_path / "r.tsv", stat) for stat in ("SAD", "SAR")}
+    assert np.abs(expected["SAD"]).min() > 1e-5  # the alleles change every track: a score of 0 would show
+    flip_vcf = _write_vcf(tmp_path / "f.vcf", swapped + [f"chr1\t3000\tok\t{s[2999]}\tG" if s[2999] != "G" else
+                                                         f"chr1\t3000\tok\t{s[2999]}\tT"])
+    assert main(base + ["--vcf", flip_vcf, "--out", str(tmp_path / "f.tsv"), "--ref-mismatch", "flip"]) == 0
+    assert "flipped 2 whose ALT is the FASTA's allele (scores negated)" in capsys.readouterr().out
+    header, rows = _read_tsv(tmp_path / "f.tsv")
+    assert header[5] == "flipped" and [r[5] for r in rows] == ["1", "1", "0"]
+    for stat in ("SAD", "SAR"):  # the same windows, so the same sums, with the sign of VCF ALT - VCF REF
+        np.testing.assert_array_equal(_scores(tmp_path / "f.tsv", stat)[:2], -expected[stat])
+    # warn: REF written into the reference window (in place of as many FASTA bases), so a swapped SNV
+    # scores as flipped (was exactly 0); the swapped insertion reads as a 5-base change, not 0 either
+    assert main(base + ["--vcf", flip_vcf, "--out", str(tmp_path / "w.tsv"), "--ref-mismatch", "warn"]) == 0
+    assert "scored with REF written into the reference window" in capsys.readouterr().err
+    warned = _scores(tmp_path / "w.tsv")
+    np.testing.assert_array_equal(warned[0], -expected["SAD"][0])
+    assert np.abs(warned[1]).min() > 1e-5
+    # an .h5 says which were flipped; a REF that matches neither stops 'flip' and is skipped by 'flip-skip'
+    both = _write_vcf(tmp_path / "n.vcf", swapped + [f"chr1\t3000\tbad\t{neither}\t{also}"])
+    assert main(base + ["--vcf", both, "--out", str(tmp_path / "n.tsv"), "--ref-mismatch", "flip"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"line 5: REF {neither} nor ALT but" in err and "flip-skip|warn" in err, err
+    assert main(base + ["--vcf", both, "--out", str(tmp_path / "n.h5"), "--ref-mismatch", "flip-skip"]) == 0
+    assert "flipped 2" in capsys.readouterr().out
+    with h5py.File(tmp_path / "n.h5") as f:
+        assert list(f["flipped"][:]) == [True, True] and [x.decode() for x in f["snp"][:]] == ["up", "ins"]
+        np.testing.assert_allclose(f["SAD"][:], -expected["SAD"], rtol=2e-3)  # float16
+
+
+def test_non_ascii_ids_are_written_as_utf8(genome, model_file, tmp_path):
+    sequences, fasta = genome
+    s = sequences["chr1"]
+    vcf = _write_vcf(tmp_path / "v.vcf", [f"chr1\t1000\trs1_\u03b2\t{s[999]}\t{'A' if s[999] != 'A' else 'C'}"])
+    base = ["score-variants", "--checkpoint", model_file[1], "--fasta", fasta, "--vcf", vcf, "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "v.h5")]) == 0
+    assert main(base + ["--out", str(tmp_path / "v.tsv")]) == 0
+    with h5py.File(tmp_path / "v.h5") as f:
+        assert f["snp"][0].decode("utf-8") == "rs1_\u03b2"
+    assert _read_tsv(tmp_path / "v.tsv")[1][0][0] == "rs1_\u03b2"
+    assert not os.path.exists(str(tmp_path / "v.h5") + ".partial")
+
+
 def _many_variants(s: str, n: int, seed: int = 5) -> list[str]:
     rng = np.random.default_rng(seed)
     positions = np.sort(rng.choice(np.arange(50, len(s) - 50), n, replace=False))
@@ -273,9 +328,16 @@ def test_stopped_run_resumes_and_gives_the_uninterrupted_file(genome, model_file
     out = tmp_path / "part.h5"
     assert main(args + ["--out", str(out)]) == 130
     assert not out.exists() and len(list((tmp_path / "part.h5.partial").glob("chunk-*.npz"))) == 2
-    # other options on the stopped run's state: refused (a mixed file would be wrong), unless --force
-    assert main(args[:-2] + ["--stats", "SAD", "--out", str(out)]) == 1
-    assert "holds a stopped run with other inputs or options" in capsys.readouterr().err
+    capsys.readouterr()
+    # other options or inputs on the stopped run's state: refused, naming what changed (a mixed file would be wrong)
+    other = tmp_path / "other.fa"
+    other.write_text(open(fasta).read().replace("A", "C", 3))
+    for change, named in ((["--stats", "SAD"], "stats"), (["--fasta", str(other)], "fasta"),
+                          (["--bf16"], "bf16")):
+        assert main(args[:-2] + [a for a in ["--stats", "SAD,SAR"] if "--stats" not in change] + change
+                    + ["--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"holds a stopped run with other inputs or options: {named} changed" in err, err
     calls.clear()
     monkeypatch.setattr(variants.Scorer, "score", lambda self, chunk: calls.append(len(chunk)) or real(self, chunk))
     assert main(args + ["--out", str(out)]) == 0

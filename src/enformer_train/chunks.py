@@ -8,6 +8,7 @@ not yet done; rank 0 assembles OUT when every rank has finished.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,10 +45,27 @@ def read_chunk(path: str, n: int, keys: list[str]) -> dict[str, np.ndarray] | No
     return arrays if all(v.shape[0] == n for v in arrays.values()) else None
 
 
-def file_identity(path: str) -> dict:
-    """A cheap identity of an input file (path, size, mtime): a changed file makes another plan."""
+def file_identity(path: str, checksum: bool = False) -> dict:
+    """A cheap identity of an input file or folder (path, size, mtime) and, with `checksum`, the
+    SHA-256 of its bytes (a folder's: of its files in name order): a changed input makes another plan."""
     stat = os.stat(path)
-    return {"path": os.path.abspath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    identity = {"path": os.path.abspath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if checksum:
+        digest = hashlib.sha256()
+        files = [path] if os.path.isfile(path) else sorted(
+            os.path.join(path, name) for name in os.listdir(path) if os.path.isfile(os.path.join(path, name)))
+        for name in files:
+            digest.update(os.path.basename(name).encode() + b"\0")
+            with open(name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+        identity["sha256"] = digest.hexdigest()
+    return identity
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    """The top-level keys whose values differ between two plans (a key in one only counts)."""
+    return [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
 
 
 def start(out: str, plan: dict, sizes: list[int], keys: list[str], force: bool, world, what: str) -> tuple[str, list[int]]:
@@ -58,13 +76,14 @@ def start(out: str, plan: dict, sizes: list[int], keys: list[str], force: bool, 
 
     partial = partial_dir(out)
     manifest = os.path.join(partial, "plan.json")
-    stale = False
+    changed: list[str] = []
     if os.path.exists(manifest):
         with open(manifest) as f:
-            stale = json.load(f) != json.loads(json.dumps(plan))
-        if stale and not force:
-            raise UserError(f"{partial} holds a stopped run with other inputs or options ({what}); rerun with "
-                            "those, or pass --force to start afresh")
+            changed = _changed(json.load(f), json.loads(json.dumps(plan)))
+        if changed and not force:
+            raise UserError(f"{partial} holds a stopped run with other inputs or options: {', '.join(changed)} "
+                            f"changed (of {what}); rerun with those, or pass --force to start afresh")
+    stale = bool(changed)
     barrier("the barrier before the partial folder is made")
     if world.is_main:
         if stale:

@@ -124,8 +124,10 @@ def _cmd_score_variants(args: argparse.Namespace) -> None:
     s = score_variants(args)
     if s is not None:
         skipped = f"; skipped {s['symbolic']} symbolic allele(s)" if s["symbolic"] else ""
+        if s["flipped"]:
+            skipped += f"; flipped {s['flipped']} whose ALT is the FASTA's allele (scores negated)"
         if s["ref_mismatch"]:
-            verb = "skipped" if args.ref_mismatch == "skip" else "kept"
+            verb = "skipped" if args.ref_mismatch in ("skip", "flip-skip") else "kept"
             skipped += f"; {verb} {s['ref_mismatch']} REF mismatch(es)"
         rate = s["scored"] / s["seconds"] if s["seconds"] > 0 else 0.0
         print(f"scored {s['variants']} variants ({s['scored']} here, {s['windows']} windows, {rate:.2f} variants/s)"
@@ -256,8 +258,10 @@ def _add_score_variants(sub) -> None:
     p.add_argument("--stats", default="SAD", help="SAD and/or SAR, comma-separated (default SAD)")
     p.add_argument("--tta", action="store_true", help="average each prediction over the forward and reverse-complement strands")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass, per rank (default 4)")
-    p.add_argument("--ref-mismatch", choices=["error", "skip", "warn"], default="error",
-                   help="a REF that differs from the FASTA: stop (default), skip the variant, or score it and warn")
+    p.add_argument("--ref-mismatch", choices=["error", "skip", "warn", "flip", "flip-skip"], default="error",
+                   help="a REF that differs from the FASTA: stop (default), skip the variant, score it with REF "
+                        "written in and warn, or flip it where the FASTA has ALT (scores negated, so still "
+                        "ALT - REF) and stop (flip) or skip (flip-skip) where it has neither")
     p.add_argument("--chunk-size", type=int, default=256, help="variants per resumable unit of work (default 256)")
     _scoring_run_arguments(p, force="replace an existing --out (and a stale OUT.partial/)")
     p.set_defaults(func=_cmd_score_variants)

@@ -18,12 +18,14 @@ stopped run resumes where it was; rank 0 assembles the output when every chunk i
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from .files import atomic_write
 from .infer import load, predict_codes, select_tracks, targets_for, tta_views
 
 STATS = ("SAD", "SAR")
-REF_MISMATCH = ("error", "skip", "warn")
+REF_MISMATCH = ("error", "skip", "warn", "flip", "flip-skip")
 _ALLELE = re.compile(r"^[ACGTNacgtn]+$")
 
 
@@ -49,6 +51,8 @@ class Variant:
     ref: str
     alt: str
     line: int  # line of the VCF file
+    flipped: bool = False  # the FASTA has ALT, not REF: scored the other way round and negated
+    ref_written: bool = False  # the FASTA has neither (--ref-mismatch warn): REF written into the reference window
 
     @property
     def pos0(self) -> int:
@@ -58,7 +62,8 @@ class Variant:
 @dataclass
 class Skipped:
     symbolic: int = 0  # <DEL>, *, breakends, '.': no sequence to put in a window
-    ref_mismatch: int = 0  # skipped (--ref-mismatch skip) or kept with a warning (warn)
+    ref_mismatch: int = 0  # skipped (--ref-mismatch skip, flip-skip) or kept with a warning (warn)
+    flipped: int = 0  # the FASTA has ALT (--ref-mismatch flip, flip-skip)
 
 
 def _is_symbolic(allele: str) -> bool:
@@ -102,6 +107,8 @@ def read_vcf(path: str) -> tuple[list[Variant], Skipped]:
                     continue
                 if not _ALLELE.match(alt):
                     raise UserError(f"{where}: ALT {alt!r} is not a sequence of A, C, G, T, N nor a symbolic allele")
+                if alt.upper() == ref.upper():
+                    raise UserError(f"{where}: ALT {alt!r} is REF; a variant must change the sequence")
                 name = vid if vid not in ("", ".") else f"{chrom}:{pos}:{ref.upper()}:{alt.upper()}"
                 variants.append(Variant(chrom, int(pos), name, ref.upper(), alt.upper(), number))
     return variants, skipped
@@ -109,9 +116,12 @@ def read_vcf(path: str) -> tuple[list[Variant], Skipped]:
 
 def check_reference(variants: list[Variant], genome: Genome, vcf: str, policy: str = "error",
                     skipped: Skipped | None = None) -> list[Variant]:
-    """The variants whose chromosome is in the genome and whose REF matches it. A chromosome absent
-    from the FASTA is an error naming the line; a REF mismatch is one too unless `policy` is 'skip'
-    (drop it) or 'warn' (keep it, say so on stderr)."""
+    """The variants whose chromosome is in the genome, as they are scored. A chromosome absent from
+    the FASTA is an error naming the line. A REF that differs from the FASTA is one too, unless
+    `policy` is 'skip' (drop it), 'warn' (keep it with REF written into its reference window, say so
+    on stderr), or 'flip' / 'flip-skip': where the FASTA has ALT instead, the record is flipped
+    (scored from the FASTA's allele to REF and negated, so a score still means VCF ALT minus VCF REF);
+    where it has neither, 'flip' stops and 'flip-skip' drops it."""
     skipped = skipped if skipped is not None else Skipped()
     kept, warned = [], 0
     for v in variants:
@@ -120,19 +130,27 @@ def check_reference(variants: list[Variant], genome: Genome, vcf: str, policy: s
                             f"its sequences are {', '.join(list(genome.lengths)[:5])}"
                             f"{', ...' if len(genome.lengths) > 5 else ''}")
         found = genome.fetch(v.chrom, v.pos0, v.pos0 + len(v.ref))
-        if not np.array_equal(found, encode(v.ref)):
-            if policy == "error":
-                raise UserError(f"{vcf}, line {v.line}: REF {v.ref} but {genome.path} has {decode(found)} at "
-                                f"{v.chrom}:{v.pos} (1-based); check the genome build, or pass "
-                                f"--ref-mismatch skip|warn")
-            skipped.ref_mismatch += 1
-            if policy == "skip":
-                continue
-            if warned < 10:
-                print(f"warning: {vcf}, line {v.line}: REF {v.ref} but the FASTA has {decode(found)}; "
-                      f"scored against the FASTA", file=sys.stderr)
-            warned += 1
-        kept.append(v)
+        if np.array_equal(found, encode(v.ref)):
+            kept.append(v)
+            continue
+        if policy in ("flip", "flip-skip") and np.array_equal(
+                genome.fetch(v.chrom, v.pos0, v.pos0 + len(v.alt)), encode(v.alt)):
+            skipped.flipped += 1
+            kept.append(replace(v, flipped=True))
+            continue
+        if policy in ("error", "flip"):
+            also = " nor ALT" if policy == "flip" else ""
+            advice = "flip-skip|warn" if policy == "flip" else "skip|warn|flip"
+            raise UserError(f"{vcf}, line {v.line}: REF {v.ref}{also} but {genome.path} has {decode(found)} at "
+                            f"{v.chrom}:{v.pos} (1-based); check the genome build, or pass --ref-mismatch {advice}")
+        skipped.ref_mismatch += 1
+        if policy in ("skip", "flip-skip"):
+            continue
+        if warned < 10:
+            print(f"warning: {vcf}, line {v.line}: REF {v.ref} but the FASTA has {decode(found)}; scored with "
+                  f"REF written into the reference window", file=sys.stderr)
+        warned += 1
+        kept.append(replace(v, ref_written=True))
     return kept
 
 
@@ -144,15 +162,24 @@ def reference_window(genome: Genome, chrom: str, pos0: int, length: int) -> np.n
     return genome.fetch(chrom, pos0 - length // 2, pos0 + length // 2)
 
 
-def alternative_window(genome: Genome, variant: Variant, length: int) -> np.ndarray:
-    """[length] codes: the reference window with REF replaced by ALT at index length/2, the right side
-    trimmed (insertion) or extended from the FASTA (deletion) to keep `length` bases."""
+def allele_window(genome: Genome, chrom: str, pos0: int, replaced: int, allele: str, length: int) -> np.ndarray:
+    """[length] codes: the reference window of pos0 with its `replaced` bases from pos0 on replaced by
+    `allele` at index length/2, the right side trimmed (a longer allele) or extended from the FASTA
+    (a shorter one) to keep `length` bases."""
     half = length // 2
-    left = genome.fetch(variant.chrom, variant.pos0 - half, variant.pos0)
-    alt = encode(variant.alt)[:length - half]
-    after = variant.pos0 + len(variant.ref)
-    right = genome.fetch(variant.chrom, after, after + length - half - alt.size)
-    return np.concatenate([left, alt, right])
+    left = genome.fetch(chrom, pos0 - half, pos0)
+    codes = encode(allele)[:length - half]
+    after = pos0 + replaced
+    right = genome.fetch(chrom, after, after + length - half - codes.size)
+    return np.concatenate([left, codes, right])
+
+
+def alternative_window(genome: Genome, variant: Variant, length: int) -> np.ndarray:
+    """[length] codes of the allele a score subtracts from: ALT in place of REF, or for a flipped
+    variant REF in place of the FASTA's ALT."""
+    if variant.flipped:
+        return allele_window(genome, variant.chrom, variant.pos0, len(variant.alt), variant.ref, length)
+    return allele_window(genome, variant.chrom, variant.pos0, len(variant.ref), variant.alt, length)
 
 
 def chunk_bounds(variants: list[Variant], size: int) -> list[tuple[int, int]]:
@@ -203,18 +230,24 @@ class Scorer:
     def score(self, variants: list[Variant]) -> dict[str, np.ndarray]:
         """{stat: [variants, tracks] float32} for `variants`; one reference window per position."""
         length = self.model.config.sequence_length
-        positions = list(dict.fromkeys((v.chrom, v.pos0) for v in variants))
-        index = {p: i for i, p in enumerate(positions)}
-        ref_index = torch.as_tensor([index[(v.chrom, v.pos0)] for v in variants])
-        windows = [reference_window(self.genome, c, p, length) for c, p in positions]
+        # the FASTA's window of a position, shared by its alleles; a window of its own with REF written in
+        # for a variant whose REF the FASTA does not have (--ref-mismatch warn)
+        keys = [(v.chrom, v.pos0) if not v.ref_written else i for i, v in enumerate(variants)]
+        references = list(dict.fromkeys(keys))
+        index = {key: i for i, key in enumerate(references)}
+        ref_index = torch.as_tensor([index[key] for key in keys])
+        windows = [reference_window(self.genome, key[0], key[1], length) if isinstance(key, tuple) else
+                   allele_window(self.genome, variants[key].chrom, variants[key].pos0, len(variants[key].ref),
+                                 variants[key].ref, length) for key in references]
         windows += [alternative_window(self.genome, v, length) for v in variants]
         sums = self._sums(windows)
-        n = len(positions)
+        n = len(references)
+        sign = torch.as_tensor([-1.0 if v.flipped else 1.0 for v in variants], dtype=torch.float64)[:, None]
         out = {}
         if "SAD" in self.stats:
-            out["SAD"] = (sums["sum"][n:] - sums["sum"][:n][ref_index]).float().numpy()
+            out["SAD"] = (sign * (sums["sum"][n:] - sums["sum"][:n][ref_index])).float().numpy()
         if "SAR" in self.stats:
-            out["SAR"] = (sums["log"][n:] - sums["log"][:n][ref_index]).float().numpy()
+            out["SAR"] = (sign * (sums["log"][n:] - sums["log"][:n][ref_index])).float().numpy()
         return out
 
 
@@ -225,14 +258,16 @@ class Scorer:
 class Plan:
     """Everything that decides the scores; a resumed run must have the same."""
 
-    vcf: str
-    vcf_bytes: int
-    vcf_mtime_ns: int
-    checkpoint: str
+    vcf: dict  # chunks.file_identity: path, size, mtime
+    fasta: dict
+    fasta_index: str  # SHA-256 of the FASTA's sequence names and lengths
+    targets: dict | None  # --targets (strand pairs, names)
+    checkpoint: dict  # with the SHA-256 of the model file
     head: str
     tracks: list[int]
     stats: list[str]
     tta: bool
+    bf16: bool
     ref_mismatch: str
     chunk_size: int
     num_variants: int
@@ -246,24 +281,29 @@ def write_output(out: str, variants: list[Variant], scores: dict[str, np.ndarray
     if out.endswith(".tsv"):
         def write(tmp: str) -> None:
             columns = [f"{s}:{t}" for s in scores for t in target_ids]
-            with open(tmp, "w") as f:
-                f.write("\t".join(["snp", "chr", "pos", "ref_allele", "alt_allele", *columns]) + "\n")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("\t".join(["snp", "chr", "pos", "ref_allele", "alt_allele", "flipped", *columns]) + "\n")
                 for i, v in enumerate(variants):
                     values = [f"{x:.6g}" for s in scores for x in scores[s][i].astype(np.float32)]
-                    f.write("\t".join([v.id, v.chrom, str(v.pos), v.ref, v.alt, *values]) + "\n")
+                    f.write("\t".join([v.id, v.chrom, str(v.pos), v.ref, v.alt, str(int(v.flipped)), *values]) + "\n")
     else:
         import h5py
 
         def write(tmp: str) -> None:
             f16 = np.finfo(np.float16)
+
+            def text(values: list[str]) -> np.ndarray:  # fixed-length bytes as Basenji's, UTF-8 for any ID
+                return np.array([x.encode("utf-8") for x in values], "S")
+
             with h5py.File(tmp, "w") as h5:
-                h5.create_dataset("snp", data=np.array([v.id for v in variants], "S"))
-                h5.create_dataset("chr", data=np.array([v.chrom for v in variants], "S"))
+                h5.create_dataset("snp", data=text([v.id for v in variants]))
+                h5.create_dataset("chr", data=text([v.chrom for v in variants]))
                 h5.create_dataset("pos", data=np.array([v.pos for v in variants], dtype="uint32"))
                 h5.create_dataset("ref_allele", data=np.array([v.ref for v in variants], "S"))
                 h5.create_dataset("alt_allele", data=np.array([v.alt for v in variants], "S"))
-                h5.create_dataset("target_ids", data=np.array(target_ids, "S"))
-                h5.create_dataset("target_labels", data=np.array(target_labels, "S"))
+                h5.create_dataset("flipped", data=np.array([v.flipped for v in variants], bool))
+                h5.create_dataset("target_ids", data=text(target_ids))
+                h5.create_dataset("target_labels", data=text(target_labels))
                 for stat, values in scores.items():
                     # float16 as Basenji writes it, clipped to its range rather than overflowing to inf
                     h5.create_dataset(stat, data=np.clip(values, f16.min, f16.max).astype(np.float16))
@@ -287,6 +327,9 @@ def score_variants(args) -> dict:
             raise UserError("HDF5 output needs h5py (pip install 'enformer-train[variants]'); or write .tsv") from None
     if os.path.exists(out) and not args.force:
         raise UserError(f"--out {out} exists; pass --force to replace it")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"--out {out}: {folder} is not a folder this process can write; make it or choose another")
     for name, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
         if value < 1:
             raise UserError(f"{name} {value}: must be at least 1")
@@ -308,18 +351,21 @@ def score_variants(args) -> dict:
         variants, skipped = read_vcf(args.vcf)
         variants = check_reference(variants, genome, args.vcf, args.ref_mismatch, skipped)
         bounds = chunk_bounds(variants, args.chunk_size)
-        stat = os.stat(args.vcf)
-        plan = Plan(os.path.abspath(args.vcf), stat.st_size, stat.st_mtime_ns, os.path.abspath(loaded.path), head,
-                    tracks, stats, bool(args.tta), args.ref_mismatch, args.chunk_size, len(variants),
-                    model.config.sequence_length, [list(b) for b in bounds])
+        bf16 = bool(getattr(args, "bf16", False))
+        names = hashlib.sha256(json.dumps(list(genome.lengths.items())).encode()).hexdigest()
+        plan = Plan(chunks.file_identity(args.vcf), chunks.file_identity(args.fasta), names,
+                    chunks.file_identity(args.targets) if args.targets else None,
+                    chunks.file_identity(loaded.path, checksum=True), head, tracks, stats, bool(args.tta), bf16,
+                    args.ref_mismatch, args.chunk_size, len(variants), model.config.sequence_length,
+                    [list(b) for b in bounds])
         partial, todo = chunks.start(out, asdict(plan), [b - a for a, b in bounds], stats, args.force, world,
-                                     "VCF, model, tracks, stats, --tta, --chunk-size")
+                                     "VCF, FASTA, --targets, model, tracks, stats, --tta, --bf16, --ref-mismatch, "
+                                     "--chunk-size")
         mine = todo[world.rank::world.world_size]
         pair = None
         if args.tta and rows is not None:
             pair = torch.as_tensor(strand_pairs(rows, args.targets or "targets.txt"), device=world.device)
-        scorer = Scorer(model, genome, head, tracks, tuple(stats), bool(args.tta), pair, args.batch_size,
-                        autocast=bool(getattr(args, "bf16", False)))
+        scorer = Scorer(model, genome, head, tracks, tuple(stats), bool(args.tta), pair, args.batch_size, autocast=bf16)
         if world.is_main and len(todo) < len(bounds):
             print(f"resuming from {partial}: {len(bounds) - len(todo)} of {len(bounds)} chunks done", file=sys.stderr)
         started = time.time()
@@ -337,7 +383,8 @@ def score_variants(args) -> dict:
         seconds = time.time() - started
         barrier(f"the barrier after scoring ({len(mine)} chunks on this rank), before rank 0 writes {out}")
         summary = {"variants": len(variants), "scored": scored, "windows": scorer.windows, "seconds": seconds,
-                   "symbolic": skipped.symbolic, "ref_mismatch": skipped.ref_mismatch, "out": out}
+                   "symbolic": skipped.symbolic, "ref_mismatch": skipped.ref_mismatch, "flipped": skipped.flipped,
+                   "out": out}
         if world.is_main:
             scores = {s: [] for s in stats}
             for c, (a, b) in enumerate(bounds):
