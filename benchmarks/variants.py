@@ -11,6 +11,12 @@ ASSUMED_FLOPS is 400 TFLOP/s: an H100's bf16 dense peak is ~990 TFLOP/s, and a l
 inference reaches roughly 40% of it; change it with --gpu-tflops.
 
     python benchmarks/variants.py [--demo-variants 16] [--full-variants 1] [--threads 2] [--gpu-tflops 400]
+
+With --memory it measures instead the peak resident memory of every rank of a 2-process torchrun
+of the command at two VCF sizes (a small model with a 5,313-track head, as the paper's human head,
+on 512-bp windows; SNVs 5 bp apart): flat when no rank holds more than a chunk of scores.
+
+    python benchmarks/variants.py --memory [--sizes 20000,200000] [--nproc 2]
 """
 from __future__ import annotations
 
@@ -32,10 +38,10 @@ from enformer_train.variants import score_variants
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _inputs(folder: str, length: int, variants: int, seed: int = 0) -> tuple[str, str]:
-    """A random one-chromosome FASTA that holds every window, and a VCF of SNVs 1 kb apart."""
+def _inputs(folder: str, length: int, variants: int, seed: int = 0, spacing: int = 1000) -> tuple[str, str]:
+    """A random one-chromosome FASTA that holds every window, and a VCF of SNVs `spacing` bp apart."""
     rng = np.random.default_rng(seed)
-    size = length + 1000 * variants + 2000
+    size = length + spacing * variants + 2000
     seq = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, size)].tobytes().decode()
     fasta = os.path.join(folder, "genome.fa")
     with open(fasta, "w") as f:
@@ -44,7 +50,7 @@ def _inputs(folder: str, length: int, variants: int, seed: int = 0) -> tuple[str
     with open(vcf, "w") as f:
         f.write("#CHROM\tPOS\tID\tREF\tALT\n")
         for k in range(variants):
-            pos = length // 2 + 1000 * k + 1
+            pos = length // 2 + spacing * k + 1
             ref = seq[pos - 1]
             f.write(f"chr1\t{pos}\tv{k}\t{ref}\t{'A' if ref != 'A' else 'C'}\n")
     return fasta, vcf
@@ -71,14 +77,66 @@ def run(name: str, config, variants: int, gpu_tflops: float) -> dict:
             "gpu_variants_per_s": gpu_tflops * 1e12 / (2 * forward)}
 
 
+def memory(sizes: list[int], nproc: int) -> None:
+    """Peak RSS of each rank of `torchrun score-variants` (SAD and SAR, .h5) at each VCF size."""
+    import dataclasses
+    import json
+    import subprocess
+
+    config = load_model_config(os.path.join(ROOT, "configs", "tiny.yaml"))
+    config = dataclasses.replace(config, sequence_length=512, target_length=4, num_transformer_layers=1,
+                                 heads={"human": 5313})
+    print(f"score-variants under torchrun, {nproc} ranks, a {config.heads['human']}-track head, "
+          f"{config.sequence_length}-bp windows, --stats SAD,SAR, .h5; peak RSS (ru_maxrss) of each rank")
+    print("| variants | " + " | ".join(f"rank {r} MiB" for r in range(nproc)) + " | largest / smallest | scoring s |")
+    print("|---|" + "---|" * nproc + "---|---|")
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.manual_seed(0)
+            weights = os.path.join(folder, "model.safetensors")
+            save_model(Enformer(config).eval(), weights)
+            fasta, vcf = _inputs(folder, config.sequence_length, n, spacing=5)
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.join(ROOT, "src")}
+            started = time.time()
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                            os.path.abspath(__file__), "--rank-peak", folder, "--", "score-variants",
+                            "--checkpoint", weights, "--fasta", fasta, "--vcf", vcf, "--stats", "SAD,SAR",
+                            "--out", os.path.join(folder, "out.h5"), "--batch-size", "64", "--quiet",
+                            "--device", "cpu"], env=env, check=True, stdout=subprocess.DEVNULL)
+            seconds = time.time() - started
+            peaks = [json.load(open(os.path.join(folder, f"peak-{r}.json"))) / 2**10 for r in range(nproc)]
+        print(f"| {n:,} | " + " | ".join(f"{p:,.0f}" for p in peaks) + f" | {max(peaks) / min(peaks):.2f}x | "
+              f"{seconds:.0f} |", flush=True)
+
+
+def _rank_peak(folder: str, argv: list[str]) -> int:
+    """Under torchrun: the command, then this rank's peak RSS (KiB) in FOLDER/peak-RANK.json."""
+    import json
+    import resource
+
+    from enformer_train.cli import main as cli_main
+
+    code = cli_main(argv)
+    with open(os.path.join(folder, f"peak-{os.environ['RANK']}.json"), "w") as f:
+        json.dump(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, f)
+    return code
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--rank-peak":
+        return _rank_peak(sys.argv[2], sys.argv[4:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-variants", type=int, default=16)
     parser.add_argument("--full-variants", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gpu-tflops", type=float, default=400.0, help="assumed effective bf16 TFLOP/s of the GPU")
     parser.add_argument("--skip-full", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="peak RSS of each rank at --sizes variants instead")
+    parser.add_argument("--sizes", default="20000,200000", help="with --memory: VCF sizes")
+    parser.add_argument("--nproc", type=int, default=2, help="with --memory: ranks")
     args = parser.parse_args()
+    if args.memory:
+        return memory([int(n) for n in args.sizes.split(",")], args.nproc)
     torch.set_num_threads(args.threads)
     rows = [run("demo (configs/tiny.yaml)", load_model_config(os.path.join(ROOT, "configs", "tiny.yaml")),
                 args.demo_variants, args.gpu_tflops)]

@@ -275,17 +275,24 @@ class Plan:
     chunks: list[list[int]] = field(default_factory=list)
 
 
-def write_output(out: str, variants: list[Variant], scores: dict[str, np.ndarray], target_ids: list[str],
+def write_output(out: str, variants: list[Variant], parts, stats: list[str], target_ids: list[str],
                  target_labels: list[str]) -> None:
-    """`out` atomically: HDF5 in Basenji's sad.h5 layout, or a .tsv with a column per stat and track."""
+    """`out` atomically: HDF5 in Basenji's sad.h5 layout, or a .tsv with a column per stat and track.
+    `parts` yields the scores in variant order, a chunk at a time ({stat: [rows, tracks]}); each is
+    written as it comes, so memory holds one chunk whatever the number of variants."""
     if out.endswith(".tsv"):
         def write(tmp: str) -> None:
-            columns = [f"{s}:{t}" for s in scores for t in target_ids]
+            columns = [f"{s}:{t}" for s in stats for t in target_ids]
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write("\t".join(["snp", "chr", "pos", "ref_allele", "alt_allele", "flipped", *columns]) + "\n")
-                for i, v in enumerate(variants):
-                    values = [f"{x:.6g}" for s in scores for x in scores[s][i].astype(np.float32)]
-                    f.write("\t".join([v.id, v.chrom, str(v.pos), v.ref, v.alt, str(int(v.flipped)), *values]) + "\n")
+                row = 0
+                for part in parts:
+                    for i in range(len(part[stats[0]])):
+                        v = variants[row + i]
+                        values = [f"{x:.6g}" for s in stats for x in part[s][i].astype(np.float32)]
+                        f.write("\t".join([v.id, v.chrom, str(v.pos), v.ref, v.alt, str(int(v.flipped)), *values])
+                                + "\n")
+                    row += len(part[stats[0]])
     else:
         import h5py
 
@@ -304,9 +311,17 @@ def write_output(out: str, variants: list[Variant], scores: dict[str, np.ndarray
                 h5.create_dataset("flipped", data=np.array([v.flipped for v in variants], bool))
                 h5.create_dataset("target_ids", data=text(target_ids))
                 h5.create_dataset("target_labels", data=text(target_labels))
-                for stat, values in scores.items():
-                    # float16 as Basenji writes it, clipped to its range rather than overflowing to inf
-                    h5.create_dataset(stat, data=np.clip(values, f16.min, f16.max).astype(np.float16))
+                shape = (len(variants), len(target_ids))
+                sets = {s: h5.create_dataset(s, shape=shape, dtype=np.float16,
+                                             chunks=(max(1, min(len(variants), 256)), max(1, shape[1]))
+                                             if len(variants) else None) for s in stats}
+                row = 0
+                for part in parts:
+                    n = len(part[stats[0]])
+                    for s in stats:
+                        # float16 as Basenji writes it, clipped to its range rather than overflowing to inf
+                        sets[s][row:row + n] = np.clip(part[s], f16.min, f16.max).astype(np.float16)
+                    row += n
 
     atomic_write(out, write)
 
@@ -328,8 +343,10 @@ def score_variants(args) -> dict:
     if os.path.exists(out) and not args.force:
         raise UserError(f"--out {out} exists; pass --force to replace it")
     folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(folder):  # made when the output is: the nearest folder that exists must be writable
+        folder = os.path.dirname(folder)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(f"--out {out}: {folder} is not a folder this process can write; make it or choose another")
+        raise UserError(f"--out {out}: {folder} is not a folder this process can write; choose another")
     for name, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
         if value < 1:
             raise UserError(f"{name} {value}: must be at least 1")
@@ -386,19 +403,17 @@ def score_variants(args) -> dict:
                    "symbolic": skipped.symbolic, "ref_mismatch": skipped.ref_mismatch, "flipped": skipped.flipped,
                    "out": out}
         if world.is_main:
-            scores = {s: [] for s in stats}
-            for c, (a, b) in enumerate(bounds):
-                chunk = chunks.read_chunk(chunks.chunk_path(partial, c), b - a, stats)
-                if chunk is None:
-                    raise UserError(f"{chunks.chunk_path(partial, c)}: missing or unreadable after every rank finished; "
-                                    f"run the command again to score it")
-                for s in stats:
-                    scores[s].append(chunk[s])
-            merged = {s: np.concatenate(v) if v else np.zeros((0, len(tracks)), np.float32)
-                      for s, v in scores.items()}
+            def parts():
+                for c, (a, b) in enumerate(bounds):
+                    chunk = chunks.read_chunk(chunks.chunk_path(partial, c), b - a, stats)
+                    if chunk is None:
+                        raise UserError(f"{chunks.chunk_path(partial, c)}: missing or unreadable after every rank "
+                                        f"finished; run the command again to score it")
+                    yield chunk
+
             ids = [rows[t]["identifier"] if rows else str(t) for t in tracks]
             labels = [rows[t].get("description", "") if rows else "" for t in tracks]
-            write_output(out, variants, merged, ids, labels)
+            write_output(out, variants, parts(), stats, ids, labels)
             shutil.rmtree(partial, ignore_errors=True)
             return summary
         return None
