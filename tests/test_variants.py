@@ -88,10 +88,10 @@ def _window(seq: str, start: int, length: int = LENGTH) -> str:
     return "".join(seq[i] if 0 <= i < len(seq) else "N" for i in range(start, start + length))
 
 
-def _alt_window(seq: str, pos: int, ref: str, alt: str) -> str:
-    """By hand: the window's left half, ALT, then the genome after REF, cut to LENGTH (Basenji's rule)."""
+def _alt_window(seq: str, pos: int, ref: str, alt: str, left: int = LENGTH // 2) -> str:
+    """By hand: the `left` bases before the variant, ALT, then the genome after REF, cut to LENGTH."""
     pos0 = pos - 1
-    left = _window(seq, pos0 - LENGTH // 2, LENGTH // 2)
+    left = _window(seq, pos0 - left, left)
     return (left + alt + _window(seq, pos0 + len(ref), LENGTH))[:LENGTH]
 
 
@@ -294,6 +294,27 @@ def test_non_ascii_ids_are_written_as_utf8(genome, model_file, tmp_path):
         assert f["snp"][0].decode("utf-8") == "rs1_\u03b2"
     assert _read_tsv(tmp_path / "v.tsv")[1][0][0] == "rs1_\u03b2"
     assert not os.path.exists(str(tmp_path / "v.h5") + ".partial")
+
+
+def test_center_basenji_puts_the_variant_one_base_left_of_the_middle(genome, model_file, tmp_path):
+    sequences, fasta = genome
+    model, path = model_file
+    s = sequences["chr1"]
+    rows = [f"chr1\t2000\tsnv\t{s[1999]}\t{'A' if s[1999] != 'A' else 'C'}", f"chr1\t2500\tins\t{s[2499]}\t{s[2499]}GAT",
+            f"chr1\t3000\tdel\t{s[2999:3003]}\t{s[2999]}"]
+    vcf = _write_vcf(tmp_path / "v.vcf", rows)
+    base = ["score-variants", "--checkpoint", path, "--fasta", fasta, "--vcf", vcf, "--quiet", "--batch-size", "1"]
+    assert main(base + ["--out", str(tmp_path / "b.tsv"), "--center", "basenji"]) == 0
+    assert main(base + ["--out", str(tmp_path / "p.tsv")]) == 0
+    basenji, project = _scores(tmp_path / "b.tsv"), _scores(tmp_path / "p.tsv")
+    left = LENGTH // 2 - 1
+    for k, r in enumerate(_read_tsv(tmp_path / "b.tsv")[1]):
+        pos, ref, alt = int(r[2]), r[3], r[4]
+        ref_w, alt_w = _window(s, pos - 1 - left), _alt_window(s, pos, ref, alt, left)
+        assert ref_w[left:left + len(ref)] == ref and alt_w[left:left + len(alt)] == alt
+        expected = (_predict(model, alt_w) - _predict(model, ref_w)).sum(0)
+        np.testing.assert_allclose(basenji[k], expected, rtol=1e-3, atol=2e-6)
+        assert np.abs(project[k] - basenji[k]).max() > 0.1 * np.abs(basenji[k]).max()  # one base moves the answer
 
 
 def _many_variants(s: str, n: int, seed: int = 5) -> list[str]:

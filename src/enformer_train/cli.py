@@ -243,9 +243,9 @@ def _add_score_variants(sub) -> None:
         description="Scores each alternative allele of a VCF: SAD = sum over output bins of (alt - ref), "
                     "SAR = sum of log2(alt + 1) - log2(ref + 1). Windows: for VCF POS (1-based), pos0 = POS - 1 "
                     "and the reference window is the FASTA's [pos0 - L/2, pos0 + L/2) (L = the model's input "
-                    "length, N past chromosome ends), so the variant's first base is at index L/2; the "
-                    "alternative window puts ALT in place of REF there and keeps length L by trimming "
-                    "(insertions) or extending from the FASTA (deletions) its right side, as Basenji does. "
+                    "length, N past chromosome ends), so the variant's first base is at index L/2 (L/2 - 1 with "
+                    "--center basenji); the alternative window puts ALT in place of REF there and keeps length "
+                    "L by trimming (insertions) or extending from the FASTA (deletions) its right side. "
                     "Multi-allelic records are split; symbolic alleles (<DEL>, *, breakends) are skipped and "
                     "counted. A stopped run resumes from OUT.partial/ when started again with the same options.")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
@@ -262,6 +262,9 @@ def _add_score_variants(sub) -> None:
                    help="a REF that differs from the FASTA: stop (default), skip the variant, score it with REF "
                         "written in and warn, or flip it where the FASTA has ALT (scores negated, so still "
                         "ALT - REF) and stop (flip) or skip (flip-skip) where it has neither")
+    p.add_argument("--center", choices=["project", "basenji"], default="project",
+                   help="where the variant's first base sits in the window: index L/2 (default, as the Enformer "
+                        "colab) or L/2 - 1 (basenji's and baskerville's, to reproduce their numbers)")
     p.add_argument("--chunk-size", type=int, default=256, help="variants per resumable unit of work (default 256)")
     _scoring_run_arguments(p, force="replace an existing --out (and a stale OUT.partial/)")
     p.set_defaults(func=_cmd_score_variants)

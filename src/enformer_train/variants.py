@@ -2,10 +2,12 @@
 
 For a VCF record at POS (1-based), pos0 = POS - 1 and, with L the model's input length:
 - the reference window is the FASTA's [pos0 - L/2, pos0 + L/2) (N past a chromosome's ends), so the
-  variant's first base sits at index L/2;
-- the alternative window keeps the L/2 bases left of pos0, then the ALT allele in place of the REF
-  bases, then the FASTA after REF, trimmed or extended on the right to exactly L bases (Basenji's
-  convention: an insertion pushes bases out of the right end, a deletion pulls more genome in).
+  variant's first base sits at index L/2, as in DeepMind's Enformer colab (kipoiseq's
+  Interval.resize); `--center basenji` puts it at L/2 - 1, as basenji and baskerville do;
+- the alternative window keeps the bases left of pos0, then the ALT allele in place of the REF bases,
+  then the FASTA after REF, trimmed or extended on the right to exactly L bases (the project's rule:
+  an insertion pushes bases out of the right end, a deletion pulls more genome in; basenji and
+  baskerville place indels otherwise).
 Scores per variant and track, over the output bins: SAD = sum(alt - ref), SAR = sum(log2(alt + 1) -
 log2(ref + 1)). Both are sums of per-window terms, so each window is reduced to two [tracks] vectors
 as soon as it is predicted, and the reference window of a position is predicted once for all the
@@ -157,29 +159,34 @@ def check_reference(variants: list[Variant], genome: Genome, vcf: str, policy: s
 # -- windows ------------------------------------------------------------------------------------
 
 
-def reference_window(genome: Genome, chrom: str, pos0: int, length: int) -> np.ndarray:
+CENTERS = {"project": 0, "basenji": 1}  # how far left of index L/2 the variant's first base sits
+
+
+def reference_window(genome: Genome, chrom: str, pos0: int, length: int, left: int | None = None) -> np.ndarray:
     """[length] codes of [pos0 - length/2, pos0 + length/2): the variant's first base at length/2."""
-    return genome.fetch(chrom, pos0 - length // 2, pos0 + length // 2)
+    left = length // 2 if left is None else left
+    return genome.fetch(chrom, pos0 - left, pos0 - left + length)
 
 
-def allele_window(genome: Genome, chrom: str, pos0: int, replaced: int, allele: str, length: int) -> np.ndarray:
+def allele_window(genome: Genome, chrom: str, pos0: int, replaced: int, allele: str, length: int,
+                  left: int | None = None) -> np.ndarray:
     """[length] codes: the reference window of pos0 with its `replaced` bases from pos0 on replaced by
     `allele` at index length/2, the right side trimmed (a longer allele) or extended from the FASTA
     (a shorter one) to keep `length` bases."""
-    half = length // 2
-    left = genome.fetch(chrom, pos0 - half, pos0)
+    half = length // 2 if left is None else left
+    before = genome.fetch(chrom, pos0 - half, pos0)
     codes = encode(allele)[:length - half]
     after = pos0 + replaced
     right = genome.fetch(chrom, after, after + length - half - codes.size)
-    return np.concatenate([left, codes, right])
+    return np.concatenate([before, codes, right])
 
 
-def alternative_window(genome: Genome, variant: Variant, length: int) -> np.ndarray:
+def alternative_window(genome: Genome, variant: Variant, length: int, left: int | None = None) -> np.ndarray:
     """[length] codes of the allele a score subtracts from: ALT in place of REF, or for a flipped
     variant REF in place of the FASTA's ALT."""
     if variant.flipped:
-        return allele_window(genome, variant.chrom, variant.pos0, len(variant.alt), variant.ref, length)
-    return allele_window(genome, variant.chrom, variant.pos0, len(variant.ref), variant.alt, length)
+        return allele_window(genome, variant.chrom, variant.pos0, len(variant.alt), variant.ref, length, left)
+    return allele_window(genome, variant.chrom, variant.pos0, len(variant.ref), variant.alt, length, left)
 
 
 def chunk_bounds(variants: list[Variant], size: int) -> list[tuple[int, int]]:
@@ -210,6 +217,7 @@ class Scorer:
     strand_pair: torch.Tensor | None = None
     batch_size: int = 4
     autocast: bool = False
+    center: str = "project"  # the variant's first base at index L/2, or L/2 - 1 ("basenji")
     windows: int = 0  # windows predicted so far (a reference window shared by alleles counts once)
 
     def _sums(self, codes: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -236,10 +244,11 @@ class Scorer:
         references = list(dict.fromkeys(keys))
         index = {key: i for i, key in enumerate(references)}
         ref_index = torch.as_tensor([index[key] for key in keys])
-        windows = [reference_window(self.genome, key[0], key[1], length) if isinstance(key, tuple) else
+        left = length // 2 - CENTERS[self.center]
+        windows = [reference_window(self.genome, key[0], key[1], length, left) if isinstance(key, tuple) else
                    allele_window(self.genome, variants[key].chrom, variants[key].pos0, len(variants[key].ref),
-                                 variants[key].ref, length) for key in references]
-        windows += [alternative_window(self.genome, v, length) for v in variants]
+                                 variants[key].ref, length, left) for key in references]
+        windows += [alternative_window(self.genome, v, length, left) for v in variants]
         sums = self._sums(windows)
         n = len(references)
         sign = torch.as_tensor([-1.0 if v.flipped else 1.0 for v in variants], dtype=torch.float64)[:, None]
@@ -268,6 +277,7 @@ class Plan:
     stats: list[str]
     tta: bool
     bf16: bool
+    center: str
     ref_mismatch: str
     chunk_size: int
     num_variants: int
@@ -369,20 +379,22 @@ def score_variants(args) -> dict:
         variants = check_reference(variants, genome, args.vcf, args.ref_mismatch, skipped)
         bounds = chunk_bounds(variants, args.chunk_size)
         bf16 = bool(getattr(args, "bf16", False))
+        center = getattr(args, "center", "project")
         names = hashlib.sha256(json.dumps(list(genome.lengths.items())).encode()).hexdigest()
         plan = Plan(chunks.file_identity(args.vcf), chunks.file_identity(args.fasta), names,
                     chunks.file_identity(args.targets) if args.targets else None,
                     chunks.file_identity(loaded.path, checksum=True), head, tracks, stats, bool(args.tta), bf16,
-                    args.ref_mismatch, args.chunk_size, len(variants), model.config.sequence_length,
+                    center, args.ref_mismatch, args.chunk_size, len(variants), model.config.sequence_length,
                     [list(b) for b in bounds])
         partial, todo = chunks.start(out, asdict(plan), [b - a for a, b in bounds], stats, args.force, world,
-                                     "VCF, FASTA, --targets, model, tracks, stats, --tta, --bf16, --ref-mismatch, "
+                                     "VCF, FASTA, --targets, model, tracks, stats, --tta, --bf16, --center, --ref-mismatch, "
                                      "--chunk-size")
         mine = todo[world.rank::world.world_size]
         pair = None
         if args.tta and rows is not None:
             pair = torch.as_tensor(strand_pairs(rows, args.targets or "targets.txt"), device=world.device)
-        scorer = Scorer(model, genome, head, tracks, tuple(stats), bool(args.tta), pair, args.batch_size, autocast=bf16)
+        scorer = Scorer(model, genome, head, tracks, tuple(stats), bool(args.tta), pair, args.batch_size, autocast=bf16,
+                        center=center)
         if world.is_main and len(todo) < len(bounds):
             print(f"resuming from {partial}: {len(bounds) - len(todo)} of {len(bounds)} chunks done", file=sys.stderr)
         started = time.time()
