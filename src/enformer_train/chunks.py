@@ -83,10 +83,9 @@ def start(out: str, plan: dict, sizes: list[int], keys: list[str], force: bool, 
         if changed and not force:
             raise UserError(f"{partial} holds a stopped run with other inputs or options: {', '.join(changed)} "
                             f"changed (of {what}); rerun with those, or pass --force to start afresh")
-    stale = bool(changed)
     barrier("the barrier before the partial folder is made")
     if world.is_main:
-        if stale:
+        if changed:
             shutil.rmtree(partial)
         os.makedirs(partial, exist_ok=True)
         if not os.path.exists(manifest):

@@ -162,28 +162,29 @@ def check_reference(variants: list[Variant], genome: Genome, vcf: str, policy: s
 CENTERS = {"project": 0, "basenji": 1}  # how far left of index L/2 the variant's first base sits
 
 
-def reference_window(genome: Genome, chrom: str, pos0: int, length: int, left: int | None = None) -> np.ndarray:
-    """[length] codes of [pos0 - length/2, pos0 + length/2): the variant's first base at length/2."""
-    left = length // 2 if left is None else left
-    return genome.fetch(chrom, pos0 - left, pos0 - left + length)
-
-
 def allele_window(genome: Genome, chrom: str, pos0: int, replaced: int, allele: str, length: int,
-                  left: int | None = None) -> np.ndarray:
-    """[length] codes: the reference window of pos0 with its `replaced` bases from pos0 on replaced by
-    `allele` at index length/2, the right side trimmed (a longer allele) or extended from the FASTA
-    (a shorter one) to keep `length` bases."""
-    half = length // 2 if left is None else left
-    before = genome.fetch(chrom, pos0 - half, pos0)
-    codes = encode(allele)[:length - half]
+                  left: int) -> np.ndarray:
+    """[length] codes: the `left` bases before pos0, then `allele` in place of the `replaced` bases
+    from pos0 on, then the FASTA, the right side trimmed (a longer allele) or extended (a shorter one)
+    to keep `length` bases. With no allele and nothing replaced, the FASTA's window."""
+    before = genome.fetch(chrom, pos0 - left, pos0)
+    codes = encode(allele)[:length - left]
     after = pos0 + replaced
-    right = genome.fetch(chrom, after, after + length - half - codes.size)
+    right = genome.fetch(chrom, after, after + length - left - codes.size)
     return np.concatenate([before, codes, right])
 
 
-def alternative_window(genome: Genome, variant: Variant, length: int, left: int | None = None) -> np.ndarray:
-    """[length] codes of the allele a score subtracts from: ALT in place of REF, or for a flipped
-    variant REF in place of the FASTA's ALT."""
+def reference_window(genome: Genome, variant: Variant, length: int, left: int) -> np.ndarray:
+    """[length] codes a score subtracts from: the FASTA's window with the variant's first base at
+    index `left`, or with REF written in where the FASTA does not have it (--ref-mismatch warn)."""
+    if variant.ref_written:
+        return allele_window(genome, variant.chrom, variant.pos0, len(variant.ref), variant.ref, length, left)
+    return allele_window(genome, variant.chrom, variant.pos0, 0, "", length, left)
+
+
+def alternative_window(genome: Genome, variant: Variant, length: int, left: int) -> np.ndarray:
+    """[length] codes of the allele a score measures: ALT in place of REF, or for a flipped variant
+    REF in place of the FASTA's ALT."""
     if variant.flipped:
         return allele_window(genome, variant.chrom, variant.pos0, len(variant.alt), variant.ref, length, left)
     return allele_window(genome, variant.chrom, variant.pos0, len(variant.ref), variant.alt, length, left)
@@ -240,17 +241,17 @@ class Scorer:
         length = self.model.config.sequence_length
         # the FASTA's window of a position, shared by its alleles; a window of its own with REF written in
         # for a variant whose REF the FASTA does not have (--ref-mismatch warn)
-        keys = [(v.chrom, v.pos0) if not v.ref_written else i for i, v in enumerate(variants)]
-        references = list(dict.fromkeys(keys))
-        index = {key: i for i, key in enumerate(references)}
+        keys = [i if v.ref_written else (v.chrom, v.pos0) for i, v in enumerate(variants)]
+        owners: dict = {}
+        for key, v in zip(keys, variants):
+            owners.setdefault(key, v)
+        index = {key: i for i, key in enumerate(owners)}
         ref_index = torch.as_tensor([index[key] for key in keys])
         left = length // 2 - CENTERS[self.center]
-        windows = [reference_window(self.genome, key[0], key[1], length, left) if isinstance(key, tuple) else
-                   allele_window(self.genome, variants[key].chrom, variants[key].pos0, len(variants[key].ref),
-                                 variants[key].ref, length, left) for key in references]
+        windows = [reference_window(self.genome, v, length, left) for v in owners.values()]
         windows += [alternative_window(self.genome, v, length, left) for v in variants]
         sums = self._sums(windows)
-        n = len(references)
+        n = len(owners)
         sign = torch.as_tensor([-1.0 if v.flipped else 1.0 for v in variants], dtype=torch.float64)[:, None]
         out = {}
         if "SAD" in self.stats:
