@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from enformer_train import Enformer
+from enformer_train.model.attention import set_attention_path
 from enformer_train.model.enformer import one_hot
 from enformer_train.train.loss import poisson_loss
 from model_helpers import no_dropout, randomise_, tiny_config
@@ -32,12 +33,15 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
 
-def test_gpu_float32_matches_float64_cpu():
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
+def test_gpu_float32_matches_float64_cpu(path):
     """Outputs and every gradient of a randomised model in training mode (batch statistics) on the
-    GPU in float32, TF32 off, against float64 on the CPU: the CUDA paths compute the same function."""
+    GPU in float32, TF32 off, against float64 on the CPU: the CUDA paths compute the same function,
+    with either attention path (sdpa, CUDA's default: the memory-efficient kernel with a bias)."""
     torch.manual_seed(0)
     model = Enformer(no_dropout(tiny_config(sequence_length=2048, target_length=8))).train()
     randomise_(model, seed=1)
+    set_attention_path(model, path)
     codes = torch.randint(0, 4, (2, 2048), generator=torch.Generator().manual_seed(2))
     ref_out, ref_grad = _forward_backward(model, codes, "cpu", torch.float64, False)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -51,13 +55,15 @@ def test_gpu_float32_matches_float64_cpu():
     assert _rel(grad, ref_grad) < 1e-3
 
 
-def test_gpu_bf16_autocast_close_to_float64_cpu():
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
+def test_gpu_bf16_autocast_close_to_float64_cpu(path):
     """The same under bf16 autocast (the trainer's precision on GPUs), from the model's own
     initialisation: outputs within bf16 round-off, gradients pointing the same way (conv weights
     before a batch norm sum many bf16 products that cancel: their relative error is ~20% even on
     the CPU, so the bound is on the direction)."""
     torch.manual_seed(0)
     model = Enformer(no_dropout(tiny_config(sequence_length=2048, target_length=8))).train()
+    set_attention_path(model, path)
     codes = torch.randint(0, 4, (2, 2048), generator=torch.Generator().manual_seed(2))
     ref_out, ref_grad = _forward_backward(model, codes, "cpu", torch.float64, False)
     out, grad = _forward_backward(model, codes, "cuda", torch.float32, True)

@@ -10,6 +10,8 @@ def test_info_prints_parameters_per_part(capsys):
     for part in ("stem", "conv_tower", "transformer", "final_pointwise", "head human", "head mouse"):
         assert part in out
     assert "forward FLOPs/sample" in out and "training FLOPs/sample" in out
+    assert ("attention: torch's scaled_dot_product_attention with the relative positions as a bias on cuda, the "
+            "explicit path (softmax of content + shifted relative logits) on cpu") in out
 
 
 def test_transformer_layer_flops_match_the_formula():

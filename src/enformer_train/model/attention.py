@@ -2,16 +2,31 @@
 
 Positional features are computed in float64 and cast: the gamma basis loses precision in float32
 at long lengths.
+
+Two paths compute the same attention (tests/test_attention_paths.py holds them to 1e-5, forward and
+every gradient):
+- "explicit": content and shifted relative logits added by a custom function, softmax and dropout
+  keeping only the probabilities and a boolean mask for backward (ops.py). On the CPU this is what
+  torch's scaled_dot_product_attention does too (its math backend: the fused CPU kernel takes no
+  gradient for a bias, nor a value size other than the key size), with less kept for backward.
+- "sdpa": torch.nn.functional.scaled_dot_product_attention with the content bias folded into q and
+  the shifted relative logits as an additive float bias (a view, no [T, 2T] copy here). On CUDA this
+  runs the memory-efficient kernel, which takes a bias with a gradient and a value size (192)
+  other than the key size (64): the [T, T] probabilities are never written out.
+"auto" (the default) takes "sdpa" on CUDA and "explicit" elsewhere; `set_attention_path` sets one.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import variance_scaling_
-from .ops import add_relative_logits, attend
+from .ops import add_relative_logits, attend, shifted_relative
+
+ATTENTION_PATHS = ("auto", "explicit", "sdpa")
 
 
 def _exponential(distances: torch.Tensor, num: int, positions: int, min_half_life: float = 3.0) -> torch.Tensor:
@@ -82,12 +97,22 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.output.weight)  # zero-initialised: each block starts as the identity
         nn.init.zeros_(self.output.bias)
         self._features: dict[tuple, torch.Tensor] = {}
+        self.attention_path = "auto"
 
     def relative_features(self, positions: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (positions, device, dtype)
         if key not in self._features:
-            self._features[key] = positional_features(positions, self.num_features).to(device=device, dtype=dtype)
+            features = positional_features(positions, self.num_features).to(device=device, dtype=dtype)
+            if torch.compiler.is_compiling():
+                return features  # a compiled region computes them in its graph: no cache to write into
+            self._features[key] = features
         return self._features[key]
+
+    def path(self, device: torch.device) -> str:
+        """The path this layer takes on `device`: 'explicit' or 'sdpa' (module docstring)."""
+        if self.attention_path != "auto":
+            return self.attention_path
+        return "sdpa" if device.type == "cuda" else "explicit"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -98,8 +123,28 @@ class MultiheadAttention(nn.Module):
         features = self.relative_features(t, x.device, self.r_k.weight.dtype)
         features = self.positional_dropout(features)
         r_k = self.r_k(features).view(2 * t - 1, h, -1).permute(1, 2, 0)  # [h, k, 2t - 1]
-        content = torch.matmul(q + self.r_w_bias.to(q.dtype), k.transpose(-1, -2))  # [b, h, t, t]
         relative = torch.matmul(q + self.r_r_bias.to(q.dtype), r_k.to(q.dtype))  # [b, h, t, 2t - 1]
-        logits = add_relative_logits(content, relative)
-        out = attend(logits, v.to(logits.dtype), self.attention_dropout_rate, self.training)  # [b, h, t, v]
+        content_q = q + self.r_w_bias.to(q.dtype)
+        if self.path(x.device) == "sdpa":
+            rate = self.attention_dropout_rate if self.training else 0.0
+            out = F.scaled_dot_product_attention(content_q, k, v.to(q.dtype), attn_mask=shifted_relative(relative),
+                                                 dropout_p=rate, scale=1.0)
+        else:
+            content = torch.matmul(content_q, k.transpose(-1, -2))  # [b, h, t, t]
+            logits = add_relative_logits(content, relative)
+            out = attend(logits, v.to(logits.dtype), self.attention_dropout_rate, self.training)  # [b, h, t, v]
         return self.output(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def set_attention_path(model: nn.Module, path: str) -> None:
+    """Every attention layer of `model` takes `path`: 'auto', 'explicit' or 'sdpa' (module docstring)."""
+    if path not in ATTENTION_PATHS:
+        raise ValueError(f"attention path {path!r}: expected one of {', '.join(ATTENTION_PATHS)}")
+    for module in model.modules():
+        if isinstance(module, MultiheadAttention):
+            module.attention_path = path
+
+
+def attention_paths(model: nn.Module, device: torch.device) -> set[str]:
+    """The paths the attention layers of `model` take on `device`."""
+    return {m.path(device) for m in model.modules() if isinstance(m, MultiheadAttention)}

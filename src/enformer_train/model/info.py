@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from .attention import attention_paths
 from .config import EnformerConfig
 from .enformer import Enformer, build_model
 
@@ -113,6 +114,10 @@ def _bytes(value: float) -> str:
     return f"{value:.0f} B"
 
 
+_ATTENTION_WORDS = {"sdpa": "torch's scaled_dot_product_attention with the relative positions as a bias",
+                    "explicit": "the explicit path (softmax of content + shifted relative logits)"}
+
+
 def describe(config: EnformerConfig) -> str:
     """A table of parameters per part, FLOPs per sample and activation memory of `config`."""
     with torch.device("meta"):
@@ -133,5 +138,7 @@ def describe(config: EnformerConfig) -> str:
               "forward under torch.no_grad(), model.eval()",
               f"  {'training':<20}{_bytes(4 * weights):>16}  weights, gradients and Adam's two moments",
               f"  {'  + per sample':<20}{_bytes(m['activation_bytes']):>16}  activations saved for backward "
-              "(train.batch_per_rank x this; model.gradient_checkpointing lowers it)"]
+              "(train.batch_per_rank x this; model.gradient_checkpointing lowers it)",
+              "attention: " + ", ".join(f"{_ATTENTION_WORDS[p]} on {d}" for d, p in
+                                        ((d, attention_paths(model, torch.device(d)).pop()) for d in ("cuda", "cpu")))]
     return "\n".join(lines)

@@ -145,11 +145,15 @@ class AddRelativeLogits(torch.autograd.Function):
 
 
 def _shifted_view(relative: torch.Tensor) -> torch.Tensor:
-    """[..., T, 2T - 1] contiguous -> view [..., T, T] with out[..., i, j] = relative[..., i, j - i + T - 1]."""
+    """[..., T, 2T - 1] contiguous -> view [..., T, T] with out[..., i, j] = relative[..., i, j - i + T - 1].
+
+    Element (i, j) is at i (2T - 1) + j - i + T - 1 = i (2T - 2) + j + T - 1 of each flattened
+    [T, 2T - 1] matrix: rows of 2T - 2 from offset T - 1. Views only (no storage offsets read), so
+    that torch.compile traces it.
+    """
     *lead, t, width = relative.shape
-    lead_strides = relative.stride()[:-2]
-    return relative.as_strided((*lead, t, t), (*lead_strides, width - 1, 1),
-                               relative.storage_offset() + t - 1)
+    flat = relative.flatten(-2)[..., t - 1: t - 1 + t * (width - 1)]
+    return flat.unflatten(-1, (t, width - 1))[..., :t]
 
 
 class AttendFunction(torch.autograd.Function):
@@ -200,6 +204,12 @@ def softmax_pool_pairs(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def add_relative_logits(content: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
     """content [..., T, T] + relative [..., T, 2T - 1] shifted so that column j of row i is distance j - i."""
     return AddRelativeLogits.apply(content, relative)
+
+
+def shifted_relative(relative: torch.Tensor) -> torch.Tensor:
+    """relative [..., T, 2T - 1] -> a view [..., T, T] whose column j of row i is distance j - i: the
+    relative logits as a bias for torch's scaled_dot_product_attention (autograd takes it through)."""
+    return _shifted_view(relative.contiguous())
 
 
 def attend(logits: torch.Tensor, v: torch.Tensor, dropout_rate: float, training: bool) -> torch.Tensor:
