@@ -54,7 +54,8 @@ class TrainConfig:
     precision: str = option("auto", "'auto' (bf16 autocast on CUDA, float32 elsewhere), 'bf16', 'fp32' or 'fp64' "
                                     "(float64 weights and arithmetic: several times slower; for checks that need "
                                     "no float32 round-off, e.g. that N ranks equal one)")
-    compile: bool = option(False, "torch.compile the model")
+    compile: bool = option(False, "torch.compile the model (torch >= 2.5): one graph, its first step logged as "
+                                  "compile_s, later compilations as recompiles")
     device: str = option("auto", "'auto', 'cpu' or 'cuda'")
     log_every: int = option(10, "steps between log lines and metrics.jsonl records")
     eval_every: int = option(5_000, "steps between validations")

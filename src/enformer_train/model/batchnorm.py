@@ -81,7 +81,7 @@ class CrossReplicaBatchNorm(nn.Module):
 
     @torch.no_grad()
     def _update_averages(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        self.num_batches_tracked += 1
+        self.num_batches_tracked.add_(1)  # in place: torch.compile traces no attribute assignment
         step = self.num_batches_tracked.double()
         rate = (1.0 - self.decay) / (1.0 - torch.pow(torch.tensor(self.decay, dtype=torch.float64,
                                                                      device=step.device), step))

@@ -108,6 +108,10 @@ class Enformer(nn.Module):
     def _checkpointed(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """block(x), under activation checkpointing when the config asks for it and a backward will follow."""
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                # Compiled, the recomputation is the partitioner's: it replays no buffer update
+                # (those are applied once, after the forward), so no context to freeze them.
+                return checkpoint(block, x, use_reentrant=False)
             return checkpoint(block, x, use_reentrant=False, context_fn=_recompute_without_statistics)
         return block(x)
 

@@ -13,6 +13,18 @@ from .host_sum import sum_over_ranks
 GELU_SCALE = 1.702
 
 
+@torch.library.custom_op("enformer_train::sum_over_ranks", mutates_args=(), schema="(Tensor t) -> Tensor")
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """host_sum.sum_over_ranks as one opaque operator, so that torch.compile keeps the batch norm's
+    exchange inside its graph (a Python call there would break the graph at every batch norm)."""
+    return sum_over_ranks(t.clone())
+
+
+@_sum_over_ranks.register_fake
+def _(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t)
+
+
 class BatchNormFunction(torch.autograd.Function):
     """y = act((x - mean) / sqrt(var + eps) * weight + bias), act = identity or sigmoid(1.702 z) z.
 
@@ -34,7 +46,7 @@ class BatchNormFunction(torch.autograd.Function):
         local = torch.cat([_row_sums(x).sum(0), _row_dots(x, x).sum(0),
                            torch.tensor([n], dtype=torch.float64, device=x.device)])
         if world > 1:
-            local = sum_over_ranks(local)
+            local = _sum_over_ranks(local)
         count = local[-1]
         mean64 = local[:channels] / count
         var = (local[channels:2 * channels] / count - mean64 * mean64).clamp_min(0.0).to(x.dtype)
@@ -67,7 +79,7 @@ class BatchNormFunction(torch.autograd.Function):
         grad_weight, grad_bias = sum_dz_xhat.to(weight.dtype), sum_dz.to(weight.dtype)
         if ctx.world > 1:
             sums = torch.cat([sum_dz, sum_dz_xhat])
-            sums = sum_over_ranks(sums)
+            sums = _sum_over_ranks(sums)
             sum_dz, sum_dz_xhat = sums[:channels], sums[channels:]
         mean_dz = (sum_dz / ctx.count).to(x.dtype)
         mean_dz_xhat = (sum_dz_xhat / ctx.count).to(x.dtype)

@@ -63,6 +63,10 @@ class Trainer:
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
         t = config.train
+        if t.compile and _torch_version() < (2, 5):
+            raise UserError(f"train.compile=true needs torch 2.5 or newer (this is {torch.__version__}: its inductor "
+                            "fails on this model, 'Invalid NaN comparison' in its value ranges); set "
+                            "train.compile=false or upgrade torch")
         self.world: World = setup(t.device, t.collective_timeout_s, "train")
         self.run_dir = Path(t.run_dir)
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
@@ -135,7 +139,16 @@ class Trainer:
                     model, device_ids=[self.world.device] if self.world.device.type == "cuda" else None,
                     broadcast_buffers=False,
                     find_unused_parameters=t.update != "joint" or set(config.model.heads) != set(organisms))
+        # torch.compile: the model compiles whole at world size 1 (tests/test_compile.py); under DDP
+        # dynamo breaks once in DDP's own forward (its logger) and compiles the model inside it, the
+        # batch-norm exchanges being one opaque operator each (model/ops.py). One graph per head.
+        if t.compile and self.world.distributed and not _ddp_optimizer_takes_custom_functions():
+            # torch 2.4's DDPOptimizer refuses graphs holding autograd functions: one gradient bucket
+            torch._dynamo.config.optimize_ddp = False
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
+        self._steps_here = 0  # steps this process has taken (a resumed run starts at 0 too)
+        self._pending_compile_s: float | None = None  # for the next log record
+        self._compiled_frames_after_2: int | None = None  # dynamo's count of frames after the 2nd of them
         self.autocast = t.bf16_autocast(self.world.device.type)
 
         if self.world.is_main:
@@ -388,9 +401,12 @@ class Trainer:
             while self.step < t.steps:
                 set_where(f"step {self.step + 1}")
                 batches = {o: [next(iterators[o]) for _ in range(self.accumulation)] for o in self.organisms}
+                started = time.perf_counter()
                 out = self.train_step(batches)
                 self.step += 1
                 timing["steps"] += 1
+                if t.compile:
+                    self._note_compilation(time.perf_counter() - started)
                 self.nonfinite_run = self.nonfinite_run + 1 if self._skipped_in_step else 0
                 for key, value in out.items():
                     self.pending.setdefault(key, []).append(value)
@@ -429,6 +445,19 @@ class Trainer:
                 signal.signal(s, handler)
             self.log.close()
 
+    def _note_compilation(self, seconds: float) -> None:
+        """With train.compile: the first step of this process, which compiles, is said and logged as
+        compile_s; after the second, every log record holds `recompiles`: the frames dynamo compiled
+        since (0 when the step compiled once for good)."""
+        self._steps_here += 1
+        if self._steps_here == 1:
+            self._pending_compile_s = seconds
+            if self.world.is_main:
+                self._say(f"step {self.step}: torch.compile compiled the training step in {seconds:.1f} s "
+                          "(the step's time)")
+        elif self._steps_here == 2:
+            self._compiled_frames_after_2 = _compiled_frames()
+
     def _report_nonfinite(self, end: str) -> None:
         """The run's end in metrics.jsonl ({'end': ...}; a resumed run drops its predecessor's) and
         on stdout, with the number of updates skipped for a non-finite loss or gradient."""
@@ -459,6 +488,11 @@ class Trainer:
         if peak:
             values["mfu"] = samples * self.flops_per_sample / elapsed / (peak * self.world.world_size)
         values["nonfinite_skipped"] = self.nonfinite_total
+        if self._pending_compile_s is not None:
+            values["compile_s"] = self._pending_compile_s
+            self._pending_compile_s = None
+        if self._compiled_frames_after_2 is not None:
+            values["recompiles"] = _compiled_frames() - self._compiled_frames_after_2
         timing["time"], timing["steps"] = time.perf_counter(), 0
         if bar is not None:
             bar.update(self.step - bar.n)
@@ -505,3 +539,26 @@ def train(config: Config, resume: bool = False) -> dict[str, float]:
         return trainer.fit()
     finally:
         trainer.close()
+
+
+def _compiled_frames() -> int:
+    """How many frames torch.compile (dynamo) has compiled in this process so far."""
+    from torch._dynamo.utils import counters  # private, but the one count of compilations torch keeps
+
+    return int(counters["frames"]["ok"])
+
+
+def _ddp_optimizer_takes_custom_functions() -> bool:
+    """Whether this torch's DDPOptimizer (dynamo's graph splitter at DDP's gradient buckets) takes a
+    graph with higher-order operators, which the model's custom autograd functions become; older
+    ones raise NotImplementedError on the first step. Read off its source: no version says it."""
+    import inspect
+
+    from torch._dynamo.backends import distributed
+
+    return "Found a higher order op in the graph" not in inspect.getsource(distributed)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
