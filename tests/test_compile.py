@@ -22,14 +22,16 @@ from train_helpers import overrides, run
 _TRACES_BACKWARD = hasattr(torch._dynamo.config, "trace_autograd_ops")
 
 
-def _explain_step(config: EnformerConfig, backward: bool):
+def _explain_step(config: EnformerConfig, backward: bool, autocast: bool = False):
     torch.manual_seed(0)
     model = Enformer(config).train()
     codes = torch.randint(0, 5, (2, config.sequence_length), dtype=torch.uint8)
     target = torch.rand(2, config.target_length, config.heads["human"])
 
     def step(codes, target):
-        loss = poisson_loss(model(codes, head="human"), target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            pred = model(codes, head="human")
+        loss = poisson_loss(pred, target)
         if backward:
             loss.backward()
         return loss.detach()
@@ -64,6 +66,16 @@ def test_training_step_traces_whole(config, checkpointing, backward):
     assert all(int(m.num_batches_tracked) == 1 for m in model.modules() if hasattr(m, "num_batches_tracked"))
     if backward:
         assert model.stem.conv.weight.grad is not None and model.stem.conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backward", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not _TRACES_BACKWARD, reason="this torch cannot trace a backward call"))], ids=["forward-loss", "with-backward"])
+def test_bf16_autocast_training_step_traces_whole(backward):
+    """Under bf16 autocast the batch norms take bf16 activations (model/ops.py HalfBatchNormFunction)."""
+    model, explanation = _explain_step(tiny_config(), backward, autocast=True)
+    reasons = [b.reason.splitlines()[0] for b in explanation.break_reasons]
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, reasons
+    assert all(int(m.num_batches_tracked) == 1 for m in model.modules() if hasattr(m, "num_batches_tracked"))
 
 
 def test_compiled_checkpointed_model_equals_eager():

@@ -67,17 +67,18 @@ class CrossReplicaBatchNorm(nn.Module):
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = at_least_float32(x)  # statistics in float32 even under autocast
+        # A bf16 or float16 x (autocast) stays in its dtype: torch's batch-norm kernels take it beside
+        # float32 parameters and keep the statistics in float32 without a float32 copy of x.
         if not self.training or self.frozen:
-            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                             training=False, eps=self.eps)
-            return (y * torch.sigmoid(GELU_SCALE * y) if self.gelu else y).to(dtype)
+            with torch.autocast(x.device.type, enabled=False):
+                y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                 training=False, eps=self.eps)
+                return y * torch.sigmoid(GELU_SCALE * y) if self.gelu else y
         world = _distributed_world() if self.cross_replica else 1
         y, mean, var = batch_norm(x, self.weight, self.bias, self.eps, self.gelu, world)
         if not getattr(_state, "frozen", False):
             self._update_averages(mean, var)
-        return y.to(dtype)
+        return y
 
     @torch.no_grad()
     def _update_averages(self, mean: torch.Tensor, var: torch.Tensor) -> None:
@@ -85,8 +86,9 @@ class CrossReplicaBatchNorm(nn.Module):
         step = self.num_batches_tracked.double()
         rate = (1.0 - self.decay) / (1.0 - torch.pow(torch.tensor(self.decay, dtype=torch.float64,
                                                                      device=step.device), step))
-        self.running_mean.add_((mean - self.running_mean) * rate.to(mean.dtype))
-        self.running_var.add_((var - self.running_var) * rate.to(var.dtype))
+        rate = rate.to(mean.dtype)
+        self.running_mean.add_((mean - self.running_mean) * rate)
+        self.running_var.add_((var - self.running_var) * rate)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, decay={self.decay}, eps={self.eps}, "

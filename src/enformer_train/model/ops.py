@@ -88,6 +88,72 @@ class BatchNormFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
+class HalfBatchNormFunction(torch.autograd.Function):
+    """BatchNormFunction for a bf16 or float16 x (autocast) with float32 weight and bias: the same
+    training-mode batch norm (+ GELU), its statistics in float32 accumulated from the half-precision
+    x by torch's own batch-norm kernels, which take a half-precision input beside float32
+    parameters on the CPU and on CUDA. No float32 copy of x is made: x is kept for backward in
+    its own dtype (half the bytes), and y comes out in it.
+
+    One rank: torch's training-mode kernels as they are (their mean and variance are this rank's).
+    `world` > 1: each rank's (count, mean, biased variance) are summed over ranks as (n, n mean,
+    n (var + mean^2)) in float64, the output is the evaluation-mode kernel with the global
+    moments, and backward adds to the local training-mode gradient the difference that the global
+    means of dz and dz x_hat make (a per-channel affine function of x_hat).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, gelu, world):
+        with torch.autocast(x.device.type, enabled=False):
+            y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+            var = invstd.pow(-2).sub_(eps).clamp_min_(0.0)  # float32: 1e-7 of var + eps
+            if world > 1:
+                n = x.shape[0] * x.shape[2]
+                mean64, var64 = torch.stack([mean, var]).double()
+                local = torch.cat([mean64 * n, (var64 + mean64 * mean64) * n, mean64.new_tensor([n])])
+                total = _sum_over_ranks(local)
+                channels, count = x.shape[1], total[-1]
+                mean64 = total[:channels] / count
+                var = (total[channels:2 * channels] / count - mean64 * mean64).clamp_min_(0.0)
+                mean, var, invstd = torch.stack([mean64, var, var.add(eps).rsqrt_()]).float()
+                y = torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
+                ctx.counts = (n, count)
+            if gelu:
+                y = y.mul_(torch.sigmoid(y * GELU_SCALE))
+        ctx.save_for_backward(x, weight, bias, mean, var, invstd)
+        ctx.eps, ctx.gelu, ctx.world = eps, gelu, world
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        x, weight, bias, mean, var, invstd = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            grad_z = grad_y.to(x.dtype)
+            if ctx.gelu:
+                z = torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, ctx.eps)[0]
+                s = torch.sigmoid(z * GELU_SCALE)
+                grad_z = torch.rsub(s, 1).mul_(z).mul_(GELU_SCALE).add_(1).mul_(s).mul_(grad_z)
+                del z, s
+            grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_z, x, weight, None, None, mean, invstd, True, ctx.eps, [True, True, True])
+            if ctx.world > 1:
+                # grad_weight, grad_bias: this rank's sums of dz x_hat and dz (local, as the
+                # data-parallel wrapper all-reduces them); grad_x used their local means.
+                channels = x.shape[1]
+                local = torch.cat([grad_bias, grad_weight]).double()
+                total = _sum_over_ranks(local)
+                n, count = ctx.counts
+                delta = local / n - total / count  # local mean - global mean, of dz and dz x_hat
+                scale = (weight * invstd).double()
+                # + w invstd (delta_dz + x_hat delta_dzxhat), x_hat = (x - mean) invstd
+                correction = torch.native_batch_norm(
+                    x, (scale * delta[channels:]).float(), (scale * delta[:channels]).float(),
+                    mean, var, False, 0.0, ctx.eps)[0]
+                grad_x = grad_x.add_(correction)
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
 def _row_sums(x: torch.Tensor) -> torch.Tensor:
     """[batch, channels, length] -> [batch, channels] sums along the length, then float64."""
     return x.sum(dim=2).double()
@@ -205,6 +271,8 @@ class AttendFunction(torch.autograd.Function):
 def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, gelu: bool, world: int):
     """Training-mode batch norm (+ GELU) of x [batch, channels, length] over `world` ranks
     -> (y [batch, channels, length], batch mean [channels], biased batch variance [channels])."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return HalfBatchNormFunction.apply(x, weight.float(), bias.float(), eps, gelu, world)
     return BatchNormFunction.apply(x, weight, bias, eps, gelu, world)
 
 
