@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import GELU_SCALE, batch_norm
+from .ops import GELU_SCALE, batch_norm, without_autocast
 
 _state = threading.local()
 
@@ -70,7 +70,7 @@ class CrossReplicaBatchNorm(nn.Module):
         # A bf16 or float16 x (autocast) stays in its dtype: torch's batch-norm kernels take it beside
         # float32 parameters and keep the statistics in float32 without a float32 copy of x.
         if not self.training or self.frozen:
-            with torch.autocast(x.device.type, enabled=False):
+            with without_autocast(x.device):
                 y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                  training=False, eps=self.eps)
                 return y * torch.sigmoid(GELU_SCALE * y) if self.gelu else y
