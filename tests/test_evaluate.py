@@ -157,3 +157,30 @@ def test_evaluate_and_convert_on_foreign_files_say_what_is_expected(tmp_path, ca
     what = "not a PyTorch file" if content == "random" else "holds Python objects besides tensors"
     assert what in evaluate_err and "expected a training checkpoint" in evaluate_err
     assert what in convert_err and "expected an enformer-pytorch state dict" in convert_err
+
+
+@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5),
+                    reason="--compile needs torch 2.5 or newer")
+def test_compiled_evaluation_equals_eager_and_compiles_at_most_three_times():
+    """evaluate --compile: 11 batches (10 of 3, one of 1) give eager's sums from at most three graphs."""
+    from torch._dynamo.utils import counters
+
+    from enformer_train.compiling import for_inference
+
+    world = setup("cpu")
+    try:
+        eager = evaluate_store(_model(), _store(), "human", world, 3)
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = evaluate_store(for_inference(_model()), _store(), "human", world, 3)
+    finally:
+        teardown()
+    assert 1 <= counters["frames"]["ok"] <= 3
+    # float32 predictions summed in another order: the sums (of predictions, their squares and their
+    # products with the targets) to 1e-6 (measured 1e-7); an untrained model's predictions vary little
+    # over bins, so its Pearson r is a difference of near-equal sums: 3e-6 apart, measured
+    torch.testing.assert_close(compiled.sums, eager.sums, rtol=1e-6, atol=0)
+    want, got = eager.per_track(), compiled.per_track()
+    torch.testing.assert_close(got["poisson_loss"], want["poisson_loss"], rtol=1e-6, atol=0)
+    for key in ("pearson_r", "r2"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=3e-5, msg=key)

@@ -78,7 +78,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     summary = run_evaluate(args.checkpoint, args.split, args.out, tta=args.tta, batch_size=args.batch_size,
                            max_batches=args.max_batches, device=args.device, stores=args.store,
-                           collective_timeout_s=args.collective_timeout_s)
+                           collective_timeout_s=args.collective_timeout_s, compile=args.compile)
     if summary:
         for organism, values in summary["organisms"].items():
             print(f"{organism}: pearson_r {values['pearson_r']:.4f}, r2 {values['r2']:.4f}, "
@@ -160,6 +160,12 @@ def _scoring_run_arguments(p: argparse.ArgumentParser, force: str) -> None:
     _collective_timeout_argument(p)
 
 
+def _compile_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="run the model under torch.compile (torch >= 2.5): the first batch compiles (minutes at the "
+                        "paper's size), then faster; for long runs")
+
+
 def _collective_timeout_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collective-timeout-s", type=float, default=600.0,
                    help="under torchrun: a rank that waits longer for the others exits with a line naming them (default 600)")
@@ -220,6 +226,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=int, help="per rank (default: the training batch per rank)")
     p.add_argument("--max-batches", type=int, help="per rank; default the whole split")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _compile_argument(p)
     _collective_timeout_argument(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -234,6 +241,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--targets", help="targets.txt for track descriptions (default: the training store's)")
     p.add_argument("--out", required=True, help=".npz, or .bw for bigWig (needs pyBigWig)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _compile_argument(p)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -266,6 +274,7 @@ def _add_score_variants(sub) -> None:
                    help="where the variant's first base sits in the window: index L/2 (default, as the Enformer "
                         "colab) or L/2 - 1 (basenji's and baskerville's, to reproduce their numbers)")
     p.add_argument("--chunk-size", type=int, default=256, help="variants per resumable unit of work (default 256)")
+    _compile_argument(p)
     _scoring_run_arguments(p, force="replace an existing --out (and a stale OUT.partial/)")
     p.set_defaults(func=_cmd_score_variants)
 

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import torch
 
+from .compiling import for_inference
 from .data.genome import Genome
 from .errors import UserError
 from .infer import load, output_span, predict_region, select_tracks, targets_for
@@ -59,7 +60,8 @@ def run_predict(args) -> str:
     if start >= genome.lengths[chrom]:
         raise UserError(f"region {args.region}: starts past the end of {chrom} ({genome.lengths[chrom]:,} bp)")
     targets = targets_for(loaded, head, args.targets)
-    pred, span_start = predict_region(model, genome, chrom, start, end, head, show_progress=True)
+    call = for_inference(model) if getattr(args, "compile", False) else model
+    pred, span_start = predict_region(call, genome, chrom, start, end, head, show_progress=True)
     tracks = select_tracks(args.tracks, pred.shape[1], targets)
     pred = pred[:, tracks]
     bin_size = model.config.bin_size

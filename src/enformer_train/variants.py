@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import chunks
+from .compiling import for_inference
 from .data.genome import Genome, decode, encode
 from .errors import UserError
 from .files import atomic_write
@@ -369,6 +370,7 @@ def score_variants(args) -> dict:
     try:
         loaded = load(args.checkpoint, world.device)
         model = loaded.model
+        call = for_inference(model) if getattr(args, "compile", False) else model  # refused before any file is written
         head = args.organism or next(iter(model.heads))
         if head not in model.heads:
             raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
@@ -394,7 +396,7 @@ def score_variants(args) -> dict:
         pair = None
         if args.tta and rows is not None:
             pair = torch.as_tensor(strand_pairs(rows, args.targets or "targets.txt"), device=world.device)
-        scorer = Scorer(model, genome, head, tracks, tuple(stats), bool(args.tta), pair, args.batch_size, autocast=bf16,
+        scorer = Scorer(call, genome, head, tracks, tuple(stats), bool(args.tta), pair, args.batch_size, autocast=bf16,
                         center=center)
         if world.is_main and len(todo) < len(bounds):
             print(f"resuming from {partial}: {len(bounds) - len(todo)} of {len(bounds)} chunks done", file=sys.stderr)

@@ -100,12 +100,12 @@ class MultiheadAttention(nn.Module):
         self.attention_path = "auto"
 
     def relative_features(self, positions: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # computed in the graph: a guard on the cache (filled by an eager call) would fail on the next call
+            return positional_features(positions, self.num_features).to(device=device, dtype=dtype)
         key = (positions, device, dtype)
         if key not in self._features:
-            features = positional_features(positions, self.num_features).to(device=device, dtype=dtype)
-            if torch.compiler.is_compiling():
-                return features  # a compiled region computes them in its graph: no cache to write into
-            self._features[key] = features
+            self._features[key] = positional_features(positions, self.num_features).to(device=device, dtype=dtype)
         return self._features[key]
 
     def path(self, device: torch.device) -> str:

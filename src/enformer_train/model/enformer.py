@@ -78,6 +78,8 @@ def one_hot(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor
     A lookup in codes.ONE_HOT, copied once per device and dtype: a code outside 0-4 is an index
     error, with no host sync on the hot path.
     """
+    if torch.compiler.is_compiling():  # a constant of the graph: a guard on the cache would fail once it fills
+        return torch.from_numpy(ONE_HOT).to(device=x.device, dtype=dtype)[x.long()]
     table = _ONE_HOT_TABLES.get((x.device, dtype))
     if table is None:
         table = torch.from_numpy(ONE_HOT).to(device=x.device, dtype=dtype)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compiling import for_inference
 from ..data.loader import Loader, to_device
 from ..data.store import Store, read_manifest, targets_path
 from ..data.targets import read_targets
@@ -145,10 +146,11 @@ def parse_stores(values: list[str] | None) -> dict[str, str]:
 
 def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, batch_size: int | None = None,
                  max_batches: int | None = None, device: str = "auto", stores: list[str] | None = None,
-                 collective_timeout_s: float = 600.0) -> dict | None:
+                 collective_timeout_s: float = 600.0, compile: bool = False) -> dict | None:
     """`enformer-train evaluate`: a checkpoint (or run folder) on a split of every organism it was
     trained on, or of `stores` (STORE or HEAD=STORE); a model file (.safetensors) needs `stores`.
-    Under torchrun the split is shared across ranks; rank 0 writes the files."""
+    Under torchrun the split is shared across ranks; rank 0 writes the files. With `compile`, the
+    model runs under torch.compile (compiling.for_inference)."""
     from ..config import TrainConfig
     from .distributed import set_where, setup, teardown
 
@@ -157,6 +159,7 @@ def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, b
         chosen = parse_stores(stores)
         loaded = load(checkpoint, world.device)
         model, config = loaded.model, loaded.config
+        call = for_inference(model) if compile else model
         if config is None and not chosen:
             raise UserError(f"{checkpoint}: a model file names no stores; give --store STORE (its organism picks "
                             f"the head: {', '.join(model.config.heads)}) or --store HEAD=STORE")
@@ -176,7 +179,7 @@ def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, b
             if (store.target_length, store.num_targets) != expected:
                 raise UserError(f"{path}: targets [{store.target_length}, {store.num_targets}] but the model's "
                                 f"{organism} head gives [{expected[0]}, {expected[1]}]")
-            stats = evaluate_store(model, store, organism, world, per_rank,
+            stats = evaluate_store(call, store, organism, world, per_rank,
                                    max_batches=max_batches, tta=tta, num_workers=config.data.num_workers if config else 2,
                                    autocast=autocast, sequence_length=model.config.sequence_length,
                                    show_progress=world.is_main)

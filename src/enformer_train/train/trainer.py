@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.augment import Augment
 from ..data.loader import Loader, to_device
 from ..data.store import Store
+from ..compiling import require_compile
 from ..errors import Stopped, UserError
 from ..model import build_model
 from ..model.info import measure
@@ -63,10 +64,8 @@ class Trainer:
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
         t = config.train
-        if t.compile and _torch_version() < (2, 5):
-            raise UserError(f"train.compile=true needs torch 2.5 or newer (this is {torch.__version__}: its inductor "
-                            "fails on this model, 'Invalid NaN comparison' in its value ranges); set "
-                            "train.compile=false or upgrade torch")
+        if t.compile:
+            require_compile("train.compile=true", "set train.compile=false or upgrade torch")
         self.world: World = setup(t.device, t.collective_timeout_s, "train")
         self.run_dir = Path(t.run_dir)
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
@@ -557,8 +556,3 @@ def _ddp_optimizer_takes_custom_functions() -> bool:
     from torch._dynamo.backends import distributed
 
     return "Found a higher order op in the graph" not in inspect.getsource(distributed)
-
-
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    return int(major), int(minor)
