@@ -1,11 +1,14 @@
-"""Forward+backward time and peak memory of this Enformer against enformer-pytorch.
+"""Forward+backward (or inference) time and peak memory of this Enformer against enformer-pytorch.
 
 Same config (the official colab's quarter width: channels 384, 11 layers, 196,608 bp), same
-weights (converted from the enformer-pytorch model), same input, training mode, batch 1, CPU.
-Each model runs in its own fresh process so that peak memory is its own: peak RSS during the
-steps minus RSS before them, i.e. what the step itself allocates.
+weights (converted from the enformer-pytorch model), same input, batch 1, CPU: a training step
+(training mode, forward + backward) or, with --what infer, an inference (eval mode,
+torch.no_grad()). With --compile this project's model runs a third time under torch.compile; its
+first step (the compilation) is reported apart. Each model runs in its own fresh process so that
+peak memory is its own: peak RSS during the steps minus RSS before them, i.e. what the step itself
+allocates.
 
-    USE_TF=0 python benchmarks/model.py [--steps 3] [--threads 2] [--channels 384]
+    USE_TF=0 python benchmarks/model.py [--steps 3] [--threads 2] [--channels 384] [--what train|infer] [--compile]
 Needs `pip install enformer-pytorch`.
 """
 from __future__ import annotations
@@ -46,19 +49,26 @@ def _child(which: str, args) -> dict:
 
         model = from_enformer_pytorch(state)
         inputs = x
-    model.train()
+    training = args.what == "train"
+    model.train(training)
+    call = torch.compile(model) if which == "enformer-train-compiled" else model
     times = []
     base = _rss_bytes()
-    for _ in range(args.steps + 1):  # the first step warms up allocators and caches
+    for _ in range(args.steps + 1):  # the first step warms up allocators and caches (and compiles)
         start = time.perf_counter()
-        out = model(inputs)
-        loss = out["human"].mean() + out["mouse"].mean()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+        if training:
+            out = call(inputs)
+            loss = out["human"].mean() + out["mouse"].mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            del loss
+        else:
+            with torch.no_grad():
+                out = call(inputs)
         times.append(time.perf_counter() - start)
-        del out, loss
+        del out
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": statistics.median(times[1:]), "peak_bytes": peak - base}
+    return {"seconds": statistics.median(times[1:]), "peak_bytes": peak - base, "first_seconds": times[0]}
 
 
 def main() -> None:
@@ -68,7 +78,9 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=384)
     p.add_argument("--layers", type=int, default=11)
     p.add_argument("--length", type=int, default=196_608)
-    p.add_argument("--child", choices=["enformer-pytorch", "enformer-train"])
+    p.add_argument("--what", choices=["train", "infer"], default="train")
+    p.add_argument("--compile", action="store_true", help="also this project's model under torch.compile")
+    p.add_argument("--child", choices=["enformer-pytorch", "enformer-train", "enformer-train-compiled"])
     p.add_argument("--weights")
     p.add_argument("--input")
     args = p.parse_args()
@@ -88,20 +100,24 @@ def main() -> None:
         torch.save(torch.randint(0, 5, (1, args.length), dtype=torch.uint8), inputs)
         del reference
         results = {}
-        for which in ("enformer-pytorch", "enformer-train"):
+        for which in ("enformer-pytorch", "enformer-train") + (("enformer-train-compiled",) if args.compile else ()):
             cmd = [sys.executable, __file__, "--child", which, "--weights", weights, "--input", inputs,
                    "--steps", str(args.steps), "--threads", str(args.threads), "--channels", str(args.channels),
-                   "--layers", str(args.layers), "--length", str(args.length)]
+                   "--layers", str(args.layers), "--length", str(args.length), "--what", args.what]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[which] = json.loads(out.strip().splitlines()[-1])
 
     ref = results["enformer-pytorch"]
-    print(f"Enformer forward+backward, CPU, {args.threads} threads, batch 1, channels {args.channels}, "
-          f"{args.layers} layers, {args.length:,} bp, training mode, median of {args.steps} steps")
-    print(f"| {'model':<16} | {'seconds':>8} | {'peak MiB':>9} | {'time ratio':>10} | {'memory ratio':>12} |")
-    print(f"|{'-' * 18}|{'-' * 10}|{'-' * 11}|{'-' * 12}|{'-' * 14}|")
+    what = ("forward+backward, training mode" if args.what == "train" else
+            "inference, eval mode under torch.no_grad()")
+    print(f"Enformer {what}, CPU, {args.threads} threads, batch 1, channels {args.channels}, "
+          f"{args.layers} layers, {args.length:,} bp, median of {args.steps} steps after one (first s: that one, "
+          "which compiles for the compiled model)")
+    print(f"| {'model':<23} | {'seconds':>8} | {'first s':>8} | {'peak MiB':>9} | {'time ratio':>10} | "
+          f"{'memory ratio':>12} |")
+    print(f"|{'-' * 25}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 12}|{'-' * 14}|")
     for which, r in results.items():
-        print(f"| {which:<16} | {r['seconds']:>8.2f} | {r['peak_bytes'] / 2**20:>9.0f} | "
+        print(f"| {which:<23} | {r['seconds']:>8.2f} | {r['first_seconds']:>8.1f} | {r['peak_bytes'] / 2**20:>9.0f} | "
               f"{r['seconds'] / ref['seconds']:>10.2f} | {r['peak_bytes'] / ref['peak_bytes']:>12.2f} |")
 
 
