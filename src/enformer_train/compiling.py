@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .errors import UserError
 
@@ -20,10 +21,45 @@ def require_compile(option: str, instead: str) -> None:
                         f"its inductor fails on this model, 'Invalid NaN comparison' in its value ranges); {instead}")
 
 
-def for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """`model` under torch.compile, for the commands' --compile: the first call of each head compiles
-    (minutes at the paper's size), a second batch size compiles once more with the batch size
-    dynamic, a batch of one once more; then nothing recompiles. Attributes (config, heads) read
-    through to the model."""
+class CompiledForInference(nn.Module):
+    """An evaluation-mode model under torch.compile with static shapes: a batch smaller than the
+    largest so far is padded with N windows to that size and its outputs cut back (evaluation-mode
+    batch norm treats every window on its own, so the padding changes nothing), so a run compiles
+    one graph a head (once more if a larger batch comes). Dynamic shapes are never tried: dynamo
+    would make the batch, and after other calls in the process also the length, symbolic, and
+    inductor's simplification of the model's index arithmetic then ran for many minutes.
+    Attributes (config, heads) are the model's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model, dynamic=False)
+        self.batch = 0
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def heads(self):
+        return self.model.heads
+
+    def forward(self, x: torch.Tensor, head: str | None = None):
+        if self.model.training:
+            raise RuntimeError("CompiledForInference runs evaluation-mode models only (padding would change batch norm)")
+        n = x.shape[0]
+        self.batch = max(self.batch, n)
+        if n < self.batch:
+            fill = 4 if not x.is_floating_point() else 0  # N: code 4, or an all-zero one-hot row
+            x = torch.cat([x, x.new_full((self.batch - n, *x.shape[1:]), fill)])
+        out = self.compiled(x, head=head)
+        if n == self.batch:
+            return out
+        return out[:n] if isinstance(out, torch.Tensor) else {k: v[:n] for k, v in out.items()}
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """`model` compiled for the commands' --compile (CompiledForInference): the first call of each
+    head compiles (minutes at the paper's size); then nothing recompiles."""
     require_compile("--compile", "leave out --compile or upgrade torch")
-    return torch.compile(model)
+    return CompiledForInference(model)
