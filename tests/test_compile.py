@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from enformer_train import Enformer, EnformerConfig
+from enformer_train.compiling import MIN_TORCH, torch_version
 from enformer_train.train.logging import read_metrics
 from enformer_train.train.loss import poisson_loss
 from model_helpers import no_dropout, tiny_config
@@ -104,7 +105,7 @@ def test_compiled_checkpointed_model_equals_eager():
     assert int(compiled.stem.pointwise.module.norm.num_batches_tracked) == 2
 
 
-_OLD_TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5)
+_OLD_TORCH = torch_version() < MIN_TORCH
 
 
 @pytest.mark.skipif(not _OLD_TORCH, reason="torch 2.5 and newer compile")

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from conftest_data import store_dir
 from enformer_train import Enformer
 from enformer_train.cli import main
+from enformer_train.compiling import MIN_TORCH, for_inference, torch_version
 from enformer_train.data.store import Store
 from enformer_train.train.distributed import setup, teardown
 from enformer_train.infer import load
@@ -159,13 +160,11 @@ def test_evaluate_and_convert_on_foreign_files_say_what_is_expected(tmp_path, ca
     assert what in convert_err and "expected an enformer-pytorch state dict" in convert_err
 
 
-@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5),
+@pytest.mark.skipif(torch_version() < MIN_TORCH,
                     reason="--compile needs torch 2.5 or newer")
 def test_compiled_evaluation_equals_eager_and_compiles_once():
     """evaluate --compile: 11 batches (10 of 3, one of 1) give eager's sums from one graph."""
     from torch._dynamo.utils import counters
-
-    from enformer_train.compiling import for_inference
 
     world = setup("cpu")
     try:

@@ -8,6 +8,7 @@ import torch
 from conftest_data import barnyard_dir
 from enformer_train import Enformer, save_model
 from enformer_train.cli import main
+from enformer_train.compiling import MIN_TORCH, torch_version
 from enformer_train.data.genome import Genome
 from model_helpers import randomise_, tiny_config
 
@@ -56,7 +57,7 @@ def test_predictions_are_centred_on_the_region_and_tiled(weights, tmp_path, caps
     np.testing.assert_allclose(out["predictions"], np.concatenate([first, second])[:, chosen], rtol=1e-5)
 
 
-@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5),
+@pytest.mark.skipif(torch_version() < MIN_TORCH,
                     reason="--compile needs torch 2.5 or newer")
 def test_compiled_predictions_equal_eager(weights, tmp_path):
     """--compile: a 5,000-bp region (three windows, batches of 2 and 1) gives eager's predictions

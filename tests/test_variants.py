@@ -11,6 +11,7 @@ import torch
 
 from enformer_train import Enformer, save_model
 from enformer_train.cli import main
+from enformer_train.compiling import MIN_TORCH, torch_version
 from enformer_train.data.genome import encode
 from model_helpers import randomise_, tiny_config
 
@@ -592,7 +593,7 @@ def test_trained_model_knows_which_variants_destroy_a_promoter_motif(trained, tm
     assert not known_answers(*scores(str(tmp_path / "untrained.safetensors"), tmp_path / "untrained.tsv"))
 
 
-_COMPILES = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+_COMPILES = torch_version() >= MIN_TORCH
 
 
 @pytest.mark.skipif(not _COMPILES, reason="--compile needs torch 2.5 or newer")

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..compiling import require_compile
 from ..data.augment import Augment
 from ..data.loader import Loader, to_device
 from ..data.store import Store
-from ..compiling import require_compile
 from ..errors import Stopped, UserError
 from ..model import build_model
 from ..model.info import measure
