@@ -330,7 +330,7 @@ def _many_variants(s: str, n: int, seed: int = 5) -> list[str]:
 
 
 def test_stopped_run_resumes_and_gives_the_uninterrupted_file(genome, model_file, tmp_path, monkeypatch, capsys):
-    from enformer_train import variants
+    from enformer_train.variants import command as variants
 
     sequences, fasta = genome
     vcf = _write_vcf(tmp_path / "v.vcf", _many_variants(sequences["chr1"], 12))  # 18 variants

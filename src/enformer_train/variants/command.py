@@ -32,12 +32,12 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from . import chunks
-from .compiling import for_inference
-from .data.genome import Genome, decode, encode
-from .errors import UserError
-from .files import atomic_write
-from .infer import load, predict_codes, select_tracks, targets_for, tta_views
+from .. import chunks
+from ..compiling import for_inference
+from ..data.genome import Genome, decode, encode
+from ..errors import UserError
+from ..files import atomic_write
+from ..infer import load, predict_codes, select_tracks, targets_for, tta_views
 
 STATS = ("SAD", "SAR")
 REF_MISMATCH = ("error", "skip", "warn", "flip", "flip-skip")
@@ -341,8 +341,8 @@ def write_output(out: str, variants: list[Variant], parts, stats: list[str], tar
 def score_variants(args) -> dict:
     """`enformer-train score-variants` (under torchrun too). Rank 0 writes --out and returns the counts
     (variants, scored by this rank, windows predicted, seconds, skipped); other ranks return None."""
-    from .data.targets import strand_pairs
-    from .train.distributed import barrier, setup, teardown
+    from ..data.targets import strand_pairs
+    from ..train.distributed import barrier, setup, teardown
 
     out = args.out
     if not out.endswith((".h5", ".hdf5", ".tsv")):
@@ -402,7 +402,7 @@ def score_variants(args) -> dict:
             print(f"resuming from {partial}: {len(bounds) - len(todo)} of {len(bounds)} chunks done", file=sys.stderr)
         started = time.time()
         scored = 0
-        from .progress import progress
+        from ..progress import progress
 
         # a bar with variants/s and ETA on a terminal, a plain line a minute in a log file
         with progress(sum(bounds[c][1] - bounds[c][0] for c in mine), "scoring", "variant",
