@@ -221,7 +221,7 @@ def score_variants_speed(folder: str, variants: int = 64) -> list[dict]:
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from variants import _inputs
 
-    from enformer_train.cli import build_parser
+    from enformer_train.cli import build_parser, score_options
     from enformer_train.variants import score_variants
 
     torch.manual_seed(0)
@@ -234,7 +234,7 @@ def score_variants_speed(folder: str, variants: int = 64) -> list[dict]:
         out = os.path.join(folder, f"out-{warm}.h5")
         args = build_parser().parse_args(["score-variants", "--checkpoint", weights, "--fasta", fasta, "--vcf", vcf,
                                           "--out", out, "--batch-size", "16", "--quiet", "--bf16", "--device", DEVICE])
-        summary = score_variants(args)
+        summary = score_variants(score_options(args))
         if not warm:
             rows.append({"section": "score-variants", "variants": summary["scored"],
                          "seconds": summary["seconds"], "variants_per_s": summary["scored"] / summary["seconds"]})

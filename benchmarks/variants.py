@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from enformer_train import Enformer, save_model
-from enformer_train.cli import build_parser
+from enformer_train.cli import build_parser, score_options
 from enformer_train.config import load_model_config
 from enformer_train.model.info import measure
 from enformer_train.variants import score_variants
@@ -68,7 +68,7 @@ def run(name: str, config, variants: int, gpu_tflops: float) -> dict:
                                           "--out", os.path.join(folder, "out.h5"), "--batch-size", "1", "--quiet",
                                           "--device", "cpu"])
         started = time.time()
-        summary = score_variants(args)
+        summary = score_variants(score_options(args))
         total = time.time() - started
     forward = measure(config)["forward_flops"]
     return {"model": name, "input_bp": config.sequence_length, "variants": variants,

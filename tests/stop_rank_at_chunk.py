@@ -4,17 +4,17 @@ import os
 import signal
 import sys
 
-from enformer_train import variants
 from enformer_train.cli import main
+from enformer_train.variants import command as variants
 
 _score, _calls = variants.Scorer.score, []
 
 
-def _score_or_stop(self, chunk):
+def _score_or_stop(self, chunk, *rest):
     _calls.append(len(chunk))
     if int(os.environ["RANK"]) == 1 and len(_calls) == int(os.environ["STOP_AT_CHUNK"]):
         os.kill(os.getpid(), signal.SIGSTOP)
-    return _score(self, chunk)
+    return _score(self, chunk, *rest)
 
 
 variants.Scorer.score = _score_or_stop

@@ -260,7 +260,7 @@ def test_swapped_alleles_are_flipped_and_warn_never_scores_a_window_against_itse
     flip_vcf = _write_vcf(tmp_path / "f.vcf", swapped + [f"chr1\t3000\tok\t{s[2999]}\tG" if s[2999] != "G" else
                                                          f"chr1\t3000\tok\t{s[2999]}\tT"])
     assert main(base + ["--vcf", flip_vcf, "--out", str(tmp_path / "f.tsv"), "--ref-mismatch", "flip"]) == 0
-    assert "flipped 2 whose ALT is the FASTA's allele (scores negated)" in capsys.readouterr().out
+    assert "flipped 2 whose ALT is the FASTA's allele (scored from it to REF)" in capsys.readouterr().out
     header, rows = _read_tsv(tmp_path / "f.tsv")
     assert header[5] == "flipped" and [r[5] for r in rows] == ["1", "1", "0"]
     for stat in ("SAD", "SAR"):  # the same windows, so the same sums, with the sign of VCF ALT - VCF REF
@@ -340,11 +340,11 @@ def test_stopped_run_resumes_and_gives_the_uninterrupted_file(genome, model_file
     calls = []
     real = variants.Scorer.score
 
-    def stop_at_third(self, chunk):
+    def stop_at_third(self, chunk, *rest):
         calls.append(len(chunk))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, chunk)
+        return real(self, chunk, *rest)
 
     monkeypatch.setattr(variants.Scorer, "score", stop_at_third)
     out = tmp_path / "part.h5"
@@ -361,7 +361,7 @@ def test_stopped_run_resumes_and_gives_the_uninterrupted_file(genome, model_file
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"holds a stopped run with other inputs or options: {named} changed" in err, err
     calls.clear()
-    monkeypatch.setattr(variants.Scorer, "score", lambda self, chunk: calls.append(len(chunk)) or real(self, chunk))
+    monkeypatch.setattr(variants.Scorer, "score", lambda self, chunk, *rest: calls.append(len(chunk)) or real(self, chunk, *rest))
     assert main(args + ["--out", str(out)]) == 0
     assert "resuming" in capsys.readouterr().err
     # 1 or 2 alleles a position; chunks of 4 cut only between positions hold 4, 5, 4, 5 variants
@@ -445,14 +445,14 @@ def test_a_frozen_rank_ends_the_run_with_one_line_and_a_rerun_scores_only_the_mi
     assert "waited more than 10 s" in lines[0] and "rank 1 did not arrive" in lines[0], lines[0]
     assert not out.exists()
     # rank 0 wrote every one of its chunks (0, 2, 4, ...), rank 1 its first two (1 and 3)
-    bounds = json.loads((tmp_path / "out.h5.partial" / "plan.json").read_text())["chunks"]
+    sizes = json.loads((tmp_path / "out.h5.partial" / "plan.json").read_text())["chunks"]  # variants a chunk
     done = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "out.h5.partial").glob("chunk-*.npz"))
-    assert len(bounds) > 8 and done == sorted(list(range(0, len(bounds), 2)) + [1, 3])
-    missing = sum(b - a for c, (a, b) in enumerate(bounds) if c not in done)
+    assert len(sizes) > 8 and done == sorted(list(range(0, len(sizes), 2)) + [1, 3])
+    missing = sum(n for c, n in enumerate(sizes) if c not in done)
     rerun = subprocess.run([sys.executable, "-m", "enformer_train", "score-variants", *args, "--out", str(out)],
                            env={**env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from {out}.partial: {len(done)} of {len(bounds)} chunks done" in rerun.stderr
+    assert f"resuming from {out}.partial: {len(done)} of {len(sizes)} chunks done" in rerun.stderr
     assert f"scored 36 variants ({missing} here" in rerun.stdout  # the missing chunks alone
     with h5py.File(tmp_path / "reference.h5") as a, h5py.File(out) as b:
         assert sorted(a) == sorted(b) and a["SAD"].shape == (36, 5)

@@ -35,14 +35,15 @@ def write_chunk(path: str, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def read_chunk(path: str, n: int, keys: list[str]) -> dict[str, np.ndarray] | None:
-    """The chunk's arrays `keys`, each with `n` rows; None when it is missing, torn or of other rows."""
+def read_chunk(path: str, n: int, keys: list[str], other: tuple[str, ...] | list[str] = ()) -> dict[str, np.ndarray] | None:
+    """The chunk's arrays `keys`, each with `n` rows, and `other` (of any rows); None when it is
+    missing, torn or of other rows."""
     try:
         with np.load(path) as z:
-            arrays = {k: z[k] for k in keys}
+            arrays = {k: z[k] for k in [*keys, *other]}
     except (OSError, ValueError, KeyError, EOFError):
         return None
-    return arrays if all(v.shape[0] == n for v in arrays.values()) else None
+    return arrays if all(arrays[k].shape[0] == n for k in keys) else None
 
 
 def file_identity(path: str, checksum: bool = False) -> dict:

@@ -118,20 +118,33 @@ def _cmd_attribute(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(s['written'])}")
 
 
+def score_options(args: argparse.Namespace):
+    """score-variants' flags as the command's typed parameters."""
+    from dataclasses import fields
+
+    from .variants import ScoreOptions
+
+    return ScoreOptions(**{f.name: getattr(args, f.name) for f in fields(ScoreOptions) if hasattr(args, f.name)})
+
+
 def _cmd_score_variants(args: argparse.Namespace) -> None:
     from .variants import score_variants
 
-    s = score_variants(args)
+    s = score_variants(score_options(args))
     if s is not None:
-        skipped = f"; skipped {s['symbolic']} symbolic allele(s)" if s["symbolic"] else ""
+        notes = [f"skipped {s['symbolic']} symbolic allele(s)"] if s["symbolic"] else []
         if s["flipped"]:
-            skipped += f"; flipped {s['flipped']} whose ALT is the FASTA's allele (scores negated)"
+            notes.append(f"flipped {s['flipped']} whose ALT is the FASTA's allele (scored from it to REF)")
         if s["ref_mismatch"]:
             verb = "skipped" if args.ref_mismatch in ("skip", "flip-skip") else "kept"
-            skipped += f"; {verb} {s['ref_mismatch']} REF mismatch(es)"
+            notes.append(f"{verb} {s['ref_mismatch']} REF mismatch(es)")
+        if s["renamed"]:
+            notes.append(f"chromosomes named as the FASTA names them: {s['renamed']}")
+        if args.genes:
+            notes.append(f"{s['genes']} variant-gene pairs")
         rate = s["scored"] / s["seconds"] if s["seconds"] > 0 else 0.0
         print(f"scored {s['variants']} variants ({s['scored']} here, {s['windows']} windows, {rate:.2f} variants/s)"
-              f"{skipped}; wrote {s['out']}")
+              f"{''.join('; ' + n for n in notes)}; wrote {s['out']}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -247,29 +260,47 @@ def _add_predict(sub) -> None:
 
 def _add_score_variants(sub) -> None:
     p = sub.add_parser(
-        "score-variants", help="variant effects (SAD, SAR) on every track from a VCF; under torchrun too",
-        description="Scores each alternative allele of a VCF: SAD = sum over output bins of (alt - ref), "
-                    "SAR = sum of log2(alt + 1) - log2(ref + 1). Windows: for VCF POS (1-based), pos0 = POS - 1 "
-                    "and the reference window is the FASTA's [pos0 - L/2, pos0 + L/2) (L = the model's input "
-                    "length, N past chromosome ends), so the variant's first base is at index L/2 (L/2 - 1 with "
-                    "--center basenji); the alternative window puts ALT in place of REF there and keeps length "
-                    "L by trimming (insertions) or extending from the FASTA (deletions) its right side. "
+        "score-variants", help="variant effects (SAD, SAR, baskerville's statistics, gene scores) on every track "
+                               "from a VCF; under torchrun too",
+        description="Scores each alternative allele of a VCF against its reference. Windows: for VCF POS (1-based), "
+                    "pos0 = POS - 1 and the reference window is the FASTA's [pos0 - L/2, pos0 + L/2) (L = the "
+                    "model's input length, N past chromosome ends), so the variant's first base is at index L/2 "
+                    "(L/2 - 1 with --center basenji); the alternative window puts ALT in place of REF there and "
+                    "keeps length L by trimming (insertions) or extending from the FASTA (deletions) its right side "
+                    "(the project's rule; basenji and baskerville place indels otherwise, see the README). "
                     "Multi-allelic records are split; symbolic alleles (<DEL>, *, breakends) are skipped and "
                     "counted. A stopped run resumes from OUT.partial/ when started again with the same options.")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")
     p.add_argument("--fasta", required=True, help="the genome the VCF's positions refer to")
-    p.add_argument("--vcf", required=True, help="VCF, plain or gzip/bgzip (.vcf.gz)")
+    p.add_argument("--vcf", required=True, help="VCF, plain or gzip/bgzip (.vcf.gz); chromosome names such as 1 "
+                                                "are read as the FASTA's chr1 (and back) where that is unambiguous")
     p.add_argument("--organism", help="head to score (default: the model's first)")
     p.add_argument("--out", required=True, help=".h5 (Basenji's sad.h5 layout, float16) or .tsv (a column per stat and track)")
     p.add_argument("--tracks", help="track indices and/or description substrings, comma-separated (default: all)")
     p.add_argument("--targets", help="targets.txt for track names and strand pairs (default: the training store's)")
-    p.add_argument("--stats", default="SAD", help="SAD and/or SAR, comma-separated (default SAD)")
+    p.add_argument("--stats", default="SAD",
+                   help="comma-separated (default SAD): SAD (= baskerville's SUM: sum over bins of alt - ref), SAR "
+                        "(= logSUM: of log2(alt+1) - log2(ref+1)), SUM, logSUM, sqrtSUM, SAX (alt - ref at the bin of "
+                        "largest |alt - ref|), D1, logD1, sqrtD1 (L1 norms over bins), D2, logD2, sqrtD2 (L2 norms), "
+                        "JS, logJS (baskerville's symmetrised divergence of the bin profiles), REF, ALT (every bin's "
+                        "prediction; .h5 and --tracks only). Each is the mean over --shifts")
+    p.add_argument("--shifts", default="0", help="window shifts to average over, comma-separated, e.g. --shifts=-1,0,1 "
+                                                 "(with '=' when the first is negative): the window moves, the variant "
+                                                 "with it (default 0)")
     p.add_argument("--tta", action="store_true", help="average each prediction over the forward and reverse-complement strands")
+    p.add_argument("--sum-strands", action="store_true",
+                   help="a stranded track and its partner in targets.txt become one column (scores summed; D2s as the "
+                        "root of summed squares; JS on the pair as one profile); target_ids name both")
+    p.add_argument("--genes", metavar="GTF", help="also score genes: for each variant and each gene with a TSS in the "
+                                                  "output, SED and logSED over the gene's TSS bins (h5 group genes, or "
+                                                  "OUT.genes.tsv); plain or gzipped GTF")
+    p.add_argument("--percentiles", action="store_true",
+                   help="baskerville's percentiles and {stat}_pct datasets: each track's score distribution (.h5)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass, per rank (default 4)")
     p.add_argument("--ref-mismatch", choices=["error", "skip", "warn", "flip", "flip-skip"], default="error",
                    help="a REF that differs from the FASTA: stop (default), skip the variant, score it with REF "
-                        "written in and warn, or flip it where the FASTA has ALT (scores negated, so still "
-                        "ALT - REF) and stop (flip) or skip (flip-skip) where it has neither")
+                        "written in and warn, or flip it where the FASTA has ALT (scored from the FASTA's allele to "
+                        "REF, so still ALT - REF) and stop (flip) or skip (flip-skip) where it has neither")
     p.add_argument("--center", choices=["project", "basenji"], default="project",
                    help="where the variant's first base sits in the window: index L/2 (default, as the Enformer "
                         "colab) or L/2 - 1 (basenji's and baskerville's, to reproduce their numbers)")
