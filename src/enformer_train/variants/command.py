@@ -26,7 +26,7 @@ from ..infer import load, select_tracks, targets_for
 from .output import Layout, genes_path, write_output
 from .score import GENE_STATS, Scorer
 from .stats import PER_BIN, STATS
-from .vcf import REF_MISMATCH, Vcf
+from .vcf import REF_MISMATCH, Counts, Vcf
 from .windows import CENTERS
 
 
@@ -182,109 +182,149 @@ def _check_output(o: ScoreOptions, stats: list[str]) -> None:
         raise UserError(f"--center {o.center!r}: expected one of {', '.join(CENTERS)}")
 
 
-def score_variants(o: ScoreOptions) -> dict | None:
-    """Rank 0 writes --out and returns the counts (variants, scored by this rank, windows predicted,
-    seconds, skipped, flipped, renamed chromosomes, genes rows); other ranks return None."""
+@dataclass
+class Run:
+    """A planned run: what scoring and writing need, made once on every rank."""
+
+    options: ScoreOptions
+    plan: Plan
+    vcf: Vcf
+    counts: Counts  # of the first pass
+    scorer: Scorer
+    target_ids: list[str]
+    target_labels: list[str]
+
+
+def plan_run(o: ScoreOptions, world) -> Run:
+    """Loads the model and the inputs, checks every record of the VCF in a first streaming pass and
+    cuts it into chunks; refuses (one line) what would fail later, before any output exists."""
     from ..data.targets import strand_pairs
-    from ..progress import progress
-    from ..train.distributed import barrier, setup, teardown
 
     stats = parse_stats(o.stats)
     shifts = parse_shifts(o.shifts)
     _check_output(o, stats)
+    loaded = load(o.checkpoint, world.device)
+    model = loaded.model
+    call = for_inference(model) if o.compile else model  # refused before any file is written
+    head = o.organism or next(iter(model.heads))
+    if head not in model.heads:
+        raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
+    rows = targets_for(loaded, head, o.targets)
+    targets_name = o.targets or "targets.txt"
+    tracks = select_tracks(o.tracks, model.config.heads[head], rows)
+    pairs = strand_pairs(rows, targets_name) if rows is not None else None
+    columns = None
+    if o.sum_strands:
+        if pairs is None:
+            raise UserError("--sum-strands: needs targets.txt with strand pairs; give --targets FILE")
+        columns = strand_columns(tracks, pairs, rows, targets_name)
+    genome = Genome(o.fasta)
+    annotation = None
+    if o.genes:
+        from .genes import Annotation
+        from .names import NameMap
+
+        annotation = Annotation(o.genes, NameMap(genome.lengths))
+    vcf = Vcf(o.vcf, genome, o.ref_mismatch, o.chunk_size)
+    sizes = [len(c) for c in vcf.chunks()]  # the first pass: checks every record, counts, cuts chunks
+    config = model.config
+    width = len(columns) if columns else len(tracks)
+    if not o.tracks and any(s in PER_BIN for s in stats):  # refused with the size they would take
+        size = vcf.counts.variants * len(shifts) * config.target_length * width * 2
+        raise UserError(f"--stats REF/ALT store every bin's prediction ([variants, shifts, bins, tracks] "
+                        f"float16): {size / 2**30:,.1f} GiB for {vcf.counts.variants} variants x {len(shifts)} "
+                        f"shift(s) x {config.target_length} bins x {width} tracks; choose tracks with --tracks")
+    names = hashlib.sha256(json.dumps(list(genome.lengths.items())).encode()).hexdigest()
+    plan = Plan(chunks.file_identity(o.vcf), chunks.file_identity(o.fasta), names,
+                chunks.file_identity(o.targets) if o.targets else None,
+                chunks.file_identity(o.genes) if o.genes else None,
+                chunks.file_identity(loaded.path, checksum=True), head, tracks, stats, o.tta, shifts,
+                o.sum_strands, o.bf16, o.center, o.ref_mismatch, o.chunk_size, vcf.counts.variants,
+                config.sequence_length, sizes)
+    pair = torch.as_tensor(pairs, device=world.device) if o.tta and pairs is not None else None
+    scorer = Scorer(call, genome, head, tracks, tuple(stats), o.tta, pair, o.batch_size, autocast=o.bf16,
+                    center=o.center, shifts=tuple(shifts), columns=columns, annotation=annotation,
+                    strands=track_strands(rows, tracks, pairs, targets_name) if annotation else [])
+    ids = [rows[t]["identifier"] if rows else str(t) for t in tracks]
+    labels = [rows[t].get("description", "") if rows else "" for t in tracks]
+    if columns:
+        ids = ["/".join(ids[i] for i in col) for col in columns]
+        labels = [labels[col[0]] for col in columns]
+    return Run(o, plan, vcf, vcf.counts, scorer, ids, labels)
+
+
+def score_chunks(run: Run, partial: str, mine: set[int], show: bool) -> int:
+    """The second pass over the VCF: scores this rank's chunks into OUT.partial/; the variants scored."""
+    from ..progress import progress
+
+    scored = 0
+    # a bar with variants/s and ETA on a terminal, a plain line a minute in a log file
+    with progress(sum(run.plan.chunks[c] for c in mine), "scoring", "variant", enabled=show) as bar:
+        first = 0
+        for c, variants in enumerate(run.vcf.chunks()):
+            if c in mine:
+                chunks.write_chunk(chunks.chunk_path(partial, c), run.scorer.score(variants, first))
+                scored += len(variants)
+                bar.update(len(variants))
+            first += len(variants)
+    return scored
+
+
+def write_scores(run: Run, partial: str) -> int:
+    """The third pass, on rank 0: --out from the VCF's chunks beside their scores, a chunk at a time;
+    the rows of the gene table."""
+    genes = run.scorer.annotation is not None
+    stats = run.plan.stats
+    gene_keys = [f"genes.{k}" for k in ("variant", "gene_id", "gene_name", "strand", "distance", *GENE_STATS)]
+    pairs = [0]
+
+    def parts():
+        for c, variants in enumerate(run.vcf.chunks()):
+            path = chunks.chunk_path(partial, c)
+            part = chunks.read_chunk(path, len(variants), stats, gene_keys if genes else ())
+            if part is None:
+                raise UserError(f"{path}: missing or unreadable after every rank finished; run the command "
+                                f"again to score it")
+            if genes:
+                pairs[0] += len(part["genes.variant"])
+            yield variants, part
+
+    counts = run.counts
+    layout = Layout(stats, run.target_ids, run.target_labels, counts.variants, counts.widths,
+                    len(run.plan.shifts), run.scorer.num_bins, genes=genes, percentiles=run.options.percentiles)
+    write_output(run.options.out, layout, parts())
+    return pairs[0]
+
+
+def score_variants(o: ScoreOptions) -> dict | None:
+    """`enformer-train score-variants`, under torchrun too. Rank 0 writes --out and returns the counts
+    (variants, scored by this rank, windows predicted, seconds, skipped, flipped, renamed chromosomes,
+    variant-gene pairs); other ranks return None."""
+    from ..train.distributed import barrier, setup, teardown
+
+    _check_output(o, parse_stats(o.stats))  # before the process group: no rank waits on another's refusal
+    parse_shifts(o.shifts)
     world = setup(o.device, o.collective_timeout_s, "score-variants")
     try:
-        loaded = load(o.checkpoint, world.device)
-        model = loaded.model
-        call = for_inference(model) if o.compile else model  # refused before any file is written
-        head = o.organism or next(iter(model.heads))
-        if head not in model.heads:
-            raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
-        rows = targets_for(loaded, head, o.targets)
-        targets_name = o.targets or "targets.txt"
-        tracks = select_tracks(o.tracks, model.config.heads[head], rows)
-        pairs = strand_pairs(rows, targets_name) if rows is not None else None
-        columns = None
-        if o.sum_strands:
-            if pairs is None:
-                raise UserError("--sum-strands: needs targets.txt with strand pairs; give --targets FILE")
-            columns = strand_columns(tracks, pairs, rows, targets_name)
-        genome = Genome(o.fasta)
-        annotation = None
-        if o.genes:
-            from .genes import Annotation
-            from .names import NameMap
-
-            annotation = Annotation(o.genes, NameMap(genome.lengths))
-        vcf = Vcf(o.vcf, genome, o.ref_mismatch, o.chunk_size)
-        sizes = [len(c) for c in vcf.chunks()]  # the first pass: checks every record, counts, cuts chunks
-        counts = vcf.counts
-        config = model.config
-        if not o.tracks and any(s in PER_BIN for s in stats):  # refused with the size they would take
-            width = len(columns) if columns else len(tracks)
-            size = counts.variants * len(shifts) * config.target_length * width * 2
-            raise UserError(f"--stats REF/ALT store every bin's prediction ([variants, shifts, bins, tracks] "
-                            f"float16): {size / 2**30:,.1f} GiB for {counts.variants} variants x {len(shifts)} "
-                            f"shift(s) x {config.target_length} bins x {width} tracks; choose tracks with --tracks")
-        names = hashlib.sha256(json.dumps(list(genome.lengths.items())).encode()).hexdigest()
-        plan = Plan(chunks.file_identity(o.vcf), chunks.file_identity(o.fasta), names,
-                    chunks.file_identity(o.targets) if o.targets else None,
-                    chunks.file_identity(o.genes) if o.genes else None,
-                    chunks.file_identity(loaded.path, checksum=True), head, tracks, stats, o.tta, shifts,
-                    o.sum_strands, o.bf16, o.center, o.ref_mismatch, o.chunk_size, counts.variants,
-                    config.sequence_length, sizes)
-        partial, todo = chunks.start(o.out, asdict(plan), sizes, stats, o.force, world,
+        run = plan_run(o, world)
+        counts = run.counts
+        partial, todo = chunks.start(o.out, asdict(run.plan), run.plan.chunks, run.plan.stats, o.force, world,
                                      "VCF, FASTA, --targets, --genes, model, tracks, stats, --tta, --shifts, "
                                      "--sum-strands, --bf16, --center, --ref-mismatch, --chunk-size")
+        if world.is_main and len(todo) < len(run.plan.chunks):
+            print(f"resuming from {partial}: {len(run.plan.chunks) - len(todo)} of {len(run.plan.chunks)} chunks "
+                  f"done", file=sys.stderr)
+        started = time.time()
         mine = set(todo[world.rank::world.world_size])
-        pair = None
-        if o.tta and pairs is not None:
-            pair = torch.as_tensor(pairs, device=world.device)
-        scorer = Scorer(call, genome, head, tracks, tuple(stats), o.tta, pair, o.batch_size, autocast=o.bf16,
-                        center=o.center, shifts=tuple(shifts), columns=columns, annotation=annotation,
-                        strands=track_strands(rows, tracks, pairs, targets_name) if annotation else [])
-        if world.is_main and len(todo) < len(sizes):
-            print(f"resuming from {partial}: {len(sizes) - len(todo)} of {len(sizes)} chunks done", file=sys.stderr)
-        started, scored = time.time(), 0
-        # a bar with variants/s and ETA on a terminal, a plain line a minute in a log file
-        with progress(sum(sizes[c] for c in mine), "scoring", "variant",
-                      enabled=world.is_main and not o.quiet) as bar:
-            first = 0
-            for c, variants in enumerate(vcf.chunks()):  # the second pass: this rank's chunks only
-                if c in mine:
-                    chunks.write_chunk(chunks.chunk_path(partial, c), scorer.score(variants, first))
-                    scored += len(variants)
-                    bar.update(len(variants))
-                first += len(variants)
+        scored = score_chunks(run, partial, mine, world.is_main and not o.quiet)
         seconds = time.time() - started
         barrier(f"the barrier after scoring ({len(mine)} chunks on this rank), before rank 0 writes {o.out}")
         if not world.is_main:
             return None
-        summary = {"variants": counts.variants, "scored": scored, "windows": scorer.windows, "seconds": seconds,
-                   "symbolic": counts.symbolic, "ref_mismatch": counts.ref_mismatch, "flipped": counts.flipped,
-                   "renamed": counts.renamed, "genes": 0, "out": o.out}
-        gene_keys = [f"genes.{k}" for k in ("variant", "gene_id", "gene_name", "strand", "distance", *GENE_STATS)]
-
-        def parts():  # the third pass, on rank 0: the chunks' variants beside their scores
-            for c, variants in enumerate(vcf.chunks()):
-                path = chunks.chunk_path(partial, c)
-                part = chunks.read_chunk(path, len(variants), stats, gene_keys if annotation else ())
-                if part is None:
-                    raise UserError(f"{path}: missing or unreadable after every rank finished; run the command "
-                                    f"again to score it")
-                if annotation:
-                    summary["genes"] += len(part["genes.variant"])
-                yield variants, part
-
-        ids = [rows[t]["identifier"] if rows else str(t) for t in tracks]
-        labels = [rows[t].get("description", "") if rows else "" for t in tracks]
-        if columns:
-            ids = ["/".join(ids[i] for i in col) for col in columns]
-            labels = [labels[col[0]] for col in columns]
-        layout = Layout(stats, ids, labels, counts.variants, counts.widths, len(shifts), config.target_length,
-                        genes=annotation is not None, percentiles=o.percentiles)
-        write_output(o.out, layout, parts())
+        gene_rows = write_scores(run, partial)
         shutil.rmtree(partial, ignore_errors=True)
-        return summary
+        return {"variants": counts.variants, "scored": scored, "windows": run.scorer.windows, "seconds": seconds,
+                "symbolic": counts.symbolic, "ref_mismatch": counts.ref_mismatch, "flipped": counts.flipped,
+                "renamed": counts.renamed, "genes": gene_rows, "out": o.out}
     finally:
         teardown()

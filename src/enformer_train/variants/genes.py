@@ -12,7 +12,6 @@ SED = a - r and logSED = log2(1 + a) - log2(1 + r), averaged over the window shi
 """
 from __future__ import annotations
 
-import gzip
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .vcf import open_text
 
 _USED = ("transcript", "exon", "gene")
 # key "value"; key value; ... (GTF2.2). Quoted values may hold spaces and semicolons, unquoted ones
@@ -75,17 +75,6 @@ def _attributes(text: str) -> dict[str, str]:
     return found
 
 
-def _open_gtf(path: str):
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such GTF file") from None
-    if magic == b"\x1f\x8b":  # gzip or bgzip
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
 class Annotation:
     """The genes of a GTF (plain or gzip), read in one pass, with their TSSs indexed by chromosome.
 
@@ -99,7 +88,7 @@ class Annotation:
         drafts: dict[tuple[str, str, str], _Draft] = {}
         skipped: dict[str, set[str]] = {}
         number = 0
-        with _open_gtf(path) as f:
+        with open_text(path, "GTF") as f:
             try:
                 for number, line in enumerate(f, start=1):
                     if line.startswith("#"):
