@@ -184,13 +184,20 @@ def test_gene_scores_sum_the_tss_bins_on_the_genes_strand(genome, model_file, ta
         np.testing.assert_allclose(g["SED"][:].astype(np.float64), values[:, :5], rtol=2e-3, atol=1e-4)
 
 
-def test_percentiles_are_each_tracks_distribution_over_the_variants(genome, model_file, tmp_path):
+def test_percentiles_are_each_tracks_distribution_over_the_variants(genome, model_file, tmp_path, monkeypatch):
+    from enformer_train.variants import output
+
     sequences, fasta = genome
     vcf = _write_vcf(tmp_path / "v.vcf", _many_variants(sequences["chr1"], 20))  # 30 variants
-    out = tmp_path / "p.h5"
-    assert main(["score-variants", "--checkpoint", model_file[1], "--fasta", fasta, "--vcf", vcf, "--quiet",
-                 "--stats", "SAD,D1", "--percentiles", "--chunk-size", "7", "--out", str(out)]) == 0
-    with h5py.File(out) as f:
+    args = ["score-variants", "--checkpoint", model_file[1], "--fasta", fasta, "--vcf", vcf, "--quiet",
+            "--stats", "SAD,D1", "--percentiles", "--chunk-size", "7"]
+    assert main(args + ["--out", str(tmp_path / "p.h5")]) == 0
+    # h5 chunks of 4 rows x 2 columns: rows gathered across the 7-variant chunks, columns read in bands
+    monkeypatch.setattr(output, "ROWS", 4)
+    monkeypatch.setattr(output, "COLUMNS", 2)
+    assert main(args + ["--out", str(tmp_path / "banded.h5")]) == 0
+    with h5py.File(tmp_path / "p.h5") as f, h5py.File(tmp_path / "banded.h5") as banded:
+        assert banded["SAD"].chunks == (4, 2) and f["SAD"].chunks == (30, 5)
         np.testing.assert_allclose(f["percentiles"][:], PERCENTILES)
         assert PERCENTILES[0] == pytest.approx(0.001) and PERCENTILES[-1] == pytest.approx(0.999)
         for stat in ("SAD", "D1"):
@@ -198,6 +205,8 @@ def test_percentiles_are_each_tracks_distribution_over_the_variants(genome, mode
             want = np.percentile(column, 100 * PERCENTILES, axis=0).T
             assert f[f"{stat}_pct"].shape == (5, len(PERCENTILES))
             np.testing.assert_array_equal(f[f"{stat}_pct"][:], want.astype(np.float16))
+            np.testing.assert_array_equal(banded[stat][:], f[stat][:])
+            np.testing.assert_array_equal(banded[f"{stat}_pct"][:], f[f"{stat}_pct"][:])
 
 
 def test_chromosome_names_are_mapped_to_the_fastas(genome, model_file, tmp_path, capsys):

@@ -11,7 +11,7 @@ Every file is written under a temporary name and renamed into place when whole.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ from .stats import PER_BIN, PERCENTILES, percentile_table
 from .vcf import Variant
 
 _F16 = np.finfo(np.float16)
+ROWS, COLUMNS = 1024, 64  # an h5 chunk of a statistic: 128 KiB of float16
 
 
 @dataclass
@@ -98,24 +99,26 @@ def _write_tsv(out: str, layout: Layout, parts) -> None:
             os.unlink(side[0])
 
 
-def _text(values: list[str], width: int) -> np.ndarray:
-    """Fixed-length bytes as Basenji writes them, UTF-8 for any ID."""
-    return np.array([x.encode("utf-8") for x in values], dtype=f"S{max(1, width)}")
+def _text(values: list[str], width: int | None = None) -> np.ndarray:
+    """Fixed-length bytes as Basenji writes them (`width` bytes, else the longest), UTF-8 for any ID."""
+    encoded = [x.encode("utf-8") for x in values]
+    return np.array(encoded, dtype=f"S{max(1, width or max(map(len, encoded), default=1))}")
 
 
 def _write_h5(tmp: str, layout: Layout, parts) -> None:
     import h5py
 
     n, width = layout.num_variants, len(layout.target_ids)
-    rows = max(1, min(n, 256))
+    # a statistic's h5 chunks are ROWS x COLUMNS: whole chunks are written (rows gathered until a band
+    # of ROWS is full) and --percentiles reads a band of COLUMNS once
+    rows, columns = max(1, min(n, ROWS)), max(1, min(width, COLUMNS))
     with h5py.File(tmp, "w") as h5:
         w = layout.widths
         meta = {"snp": (f"S{w['id']}",), "chr": (f"S{w['chrom']}",), "pos": ("uint32",),
                 "ref_allele": (f"S{w['ref']}",), "alt_allele": (f"S{w['alt']}",), "flipped": (bool,)}
         sets = {k: h5.create_dataset(k, shape=(n,), dtype=dtype) for k, (dtype,) in meta.items()}
-        h5.create_dataset("target_ids", data=_text(layout.target_ids, max(map(len, layout.target_ids), default=1) * 4))
-        h5.create_dataset("target_labels", data=_text(layout.target_labels,
-                                                      max(map(len, layout.target_labels), default=1) * 4))
+        h5.create_dataset("target_ids", data=_text(layout.target_ids))
+        h5.create_dataset("target_labels", data=_text(layout.target_labels))
         for s in layout.stats:
             if s in PER_BIN:
                 shape = (n, layout.shifts, layout.bins, width)
@@ -123,7 +126,7 @@ def _write_h5(tmp: str, layout: Layout, parts) -> None:
                                             chunks=(1, *shape[1:]) if n else None)
             else:
                 sets[s] = h5.create_dataset(s, shape=(n, width), dtype=np.float16,
-                                            chunks=(rows, max(1, width)) if n else None)
+                                            chunks=(rows, columns) if n and width else None)
         if layout.genes:
             group = h5.create_group("genes")
             text = h5py.string_dtype("utf-8")
@@ -134,8 +137,8 @@ def _write_h5(tmp: str, layout: Layout, parts) -> None:
             for k in GENE_STATS:
                 genes[k] = group.create_dataset(k, shape=(0, width), maxshape=(None, width), dtype=np.float16,
                                                 chunks=(256, max(1, width)))
-            group.create_dataset("target_ids", data=_text(layout.target_ids,
-                                                          max(map(len, layout.target_ids), default=1) * 4))
+            group.create_dataset("target_ids", data=_text(layout.target_ids))
+        bands = {s: _Band(sets[s], rows) for s in layout.stats if s not in PER_BIN}
         row = 0
         for variants, part in parts:
             end = row + len(variants)
@@ -146,7 +149,10 @@ def _write_h5(tmp: str, layout: Layout, parts) -> None:
             sets["alt_allele"][row:end] = _text([v.alt for v in variants], w["alt"])
             sets["flipped"][row:end] = [v.flipped for v in variants]
             for s in layout.stats:
-                sets[s][row:end] = _f16(part[s])
+                if s in PER_BIN:
+                    sets[s][row:end] = _f16(part[s])
+                else:
+                    bands[s].add(_f16(part[s]))
             if layout.genes:
                 count = len(part["genes.variant"])
                 at = genes["variant"].shape[0]
@@ -155,15 +161,39 @@ def _write_h5(tmp: str, layout: Layout, parts) -> None:
                     values = part[f"genes.{k}"]
                     data[at:at + count] = _f16(values) if k in GENE_STATS else values
             row = end
+        for band in bands.values():
+            band.flush()
         if layout.percentiles:
             h5.create_dataset("percentiles", data=PERCENTILES)
-            for s in layout.stats:
-                if s not in PER_BIN:
-                    table = percentile_table(lambda a, b, s=s: sets[s][:, a:b].astype(np.float64), n, width)
-                    h5.create_dataset(f"{s}_pct", data=_f16(table))
+            for s in bands:
+                table = np.empty((width, len(PERCENTILES)))
+                for a in range(0, width, columns):  # a band of chunks' columns read once, whole
+                    slab = sets[s][:, a:a + columns]
+                    table[a:a + slab.shape[1]] = percentile_table(lambda i, j: slab[:, i:j], n, slab.shape[1])
+                h5.create_dataset(f"{s}_pct", data=_f16(table))
 
 
-def parts_from_chunks(chunks_of_variants: Iterator[list[Variant]], read) -> Iterator[tuple[list[Variant], dict]]:
-    """Pairs each chunk of a fresh pass over the VCF with its arrays (read(c, variants))."""
-    for c, variants in enumerate(chunks_of_variants):
-        yield variants, read(c, variants)
+class _Band:
+    """Rows of a [variants, columns] dataset gathered in a [rows, columns] buffer, written a band of
+    whole chunks at a time."""
+
+    def __init__(self, dataset, rows: int):
+        self.dataset = dataset
+        self.buffer = np.empty((rows, dataset.shape[1]), dataset.dtype)
+        self.count = 0  # rows in the buffer
+        self.written = 0
+
+    def add(self, values: np.ndarray) -> None:
+        while len(values):
+            take = min(len(values), len(self.buffer) - self.count)
+            self.buffer[self.count:self.count + take] = values[:take]
+            self.count += take
+            values = values[take:]
+            if self.count == len(self.buffer):
+                self.flush()
+
+    def flush(self) -> None:
+        if self.count:
+            self.dataset[self.written:self.written + self.count] = self.buffer[:self.count]
+            self.written += self.count
+            self.count = 0
