@@ -17,6 +17,12 @@ of the command at two VCF sizes (a small model with a 5,313-track head, as the p
 on 512-bp windows; SNVs 5 bp apart): flat when no rank holds more than a chunk of scores.
 
     python benchmarks/variants.py --memory [--sizes 20000,200000] [--nproc 2]
+
+With --read it times one streaming pass over a VCF of N SNVs (parsing, the check of every REF
+against the FASTA, chunking: what each of the command's three passes does) and the pass's peak
+memory beyond the process's start: flat in N when no pass holds the file.
+
+    python benchmarks/variants.py --read 100000,1000000
 """
 from __future__ import annotations
 
@@ -109,6 +115,35 @@ def memory(sizes: list[int], nproc: int) -> None:
               f"{seconds:.0f} |", flush=True)
 
 
+def _rss() -> int:
+    """This process's resident memory now, bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def read_pass(sizes: list[int]) -> None:
+    """Seconds and the growth of resident memory during one streaming pass over VCFs of `sizes` SNVs."""
+    from enformer_train.data.genome import Genome
+    from enformer_train.variants.vcf import Vcf
+
+    print("one streaming pass over the VCF (parse, REF checked against the FASTA, chunks of 256)")
+    print("| variants | seconds | variants/s | peak RSS growth MiB |")
+    print("|---|---|---|---|")
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            fasta, vcf = _inputs(folder, 512, n, spacing=5)
+            genome = Genome(fasta)
+            before, peak, count = _rss(), 0, 0
+            started = time.time()
+            for chunk in Vcf(vcf, genome, "error", 256).chunks():
+                count += len(chunk)
+                peak = max(peak, _rss())
+            seconds = time.time() - started
+            grown = (peak - before) / 2**20
+            assert count == n
+        print(f"| {n:,} | {seconds:.1f} | {n / seconds:,.0f} | {grown:,.1f} |", flush=True)
+
+
 def _rank_peak(folder: str, argv: list[str]) -> int:
     """Under torchrun: the command, then this rank's peak RSS (KiB) in FOLDER/peak-RANK.json."""
     import json
@@ -134,7 +169,10 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS of each rank at --sizes variants instead")
     parser.add_argument("--sizes", default="20000,200000", help="with --memory: VCF sizes")
     parser.add_argument("--nproc", type=int, default=2, help="with --memory: ranks")
+    parser.add_argument("--read", help="VCF sizes, comma-separated: time one streaming pass over each instead")
     args = parser.parse_args()
+    if args.read:
+        return read_pass([int(n) for n in args.read.split(",")])
     if args.memory:
         return memory([int(n) for n in args.sizes.split(",")], args.nproc)
     torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ def test_demo_end_to_end_with_few_steps(tmp_path, capfd):
         assert r[-1][0] == 80 and result["pearson_r"][organism][-1] == r[-1][1]
         # 80 steps learn each track's level (the Poisson loss falls from about 2 to below -4); whether
         # R has risen by then depends on torch's build (on 2.4.1 it often has not: the motifs are
-        # found later), so R's rise is measured by the full demo (README), not asserted here.
+        # found later), so R's rise is measured by the full demo (docs/demo.md), not asserted here.
         losses = [m[f"loss/{organism}"] for m in metrics if f"loss/{organism}" in m]
         assert losses[-1] < losses[0] - 3.0, losses
     out = capfd.readouterr().out  # the training processes' output too

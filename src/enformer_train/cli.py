@@ -267,7 +267,7 @@ def _add_score_variants(sub) -> None:
                     "model's input length, N past chromosome ends), so the variant's first base is at index L/2 "
                     "(L/2 - 1 with --center basenji); the alternative window puts ALT in place of REF there and "
                     "keeps length L by trimming (insertions) or extending from the FASTA (deletions) its right side "
-                    "(the project's rule; basenji and baskerville place indels otherwise, see the README). "
+                    "(the project's rule; basenji and baskerville place indels otherwise: docs/variants.md). "
                     "Multi-allelic records are split; symbolic alleles (<DEL>, *, breakends) are skipped and "
                     "counted. A stopped run resumes from OUT.partial/ when started again with the same options.")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, run folder, or .safetensors weights")

@@ -157,7 +157,7 @@ def add_coverage_arguments(parser, source) -> None:
                                                          "all regions one length; `enformer-train regions` makes one")
     parser.add_argument("--target-length", type=int,
                         help="with --targets: bins of 128 bp per region, centred on it (default 896)")
-    parser.add_argument("--blacklist", metavar="BED", help="with --targets: intervals clipped to the region's median "
+    parser.add_argument("--blacklist", metavar="BED", help="with --targets: intervals clipped to the target span's median "
                                                            "coverage (widened 20 bp each side, as Basenji does)")
     parser.add_argument("--transform", choices=TRANSFORMS,
                         help="with --targets: basenji (default: the Enformer-era data's, baskerville's transform_old) "

@@ -77,7 +77,7 @@ class BarnyardConfig:
 
         Sized for `enformer-train demo`: a tiny Enformer (configs/tiny.yaml) reaches a validation
         Pearson R of 0.72-0.89 (human) and 0.68-0.92 (mouse) in 3-4.5 minutes on two CPU cores
-        in the runs measured (README: seeds and CPU kernels).
+        in the runs measured (benchmarks/RESULTS.md: seeds and CPU kernels).
         """
         values = dict(seq_length=6144, target_length=32, num_targets={"human": 16, "mouse": 8},
                       num_regions=1500, genome_size=4_000_000, motif_spacing=300,
