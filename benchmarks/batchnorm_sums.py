@@ -1,5 +1,5 @@
 """What one cross-replica batch-norm exchange costs on a CPU host: gloo's all_reduce against the
-shared page (model/host_sum.py), measured.
+shared page (distributed/host_sum.py), measured.
 
 Starts `--ranks` processes over gloo on this host; each sums a float64 vector of the sizes a batch
 norm sends (2 x channels + 1 forward: 129 for the demo model's 64 channels, 3,073 for the full
@@ -32,7 +32,7 @@ def _spin(ms: float) -> None:
 
 
 def _worker(rank, world, port, args, out):
-    from enformer_train.model import host_sum
+    from enformer_train.distributed import host_sum
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

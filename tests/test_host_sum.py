@@ -1,4 +1,4 @@
-"""The shared page that sums batch-norm vectors over the ranks of one host (model/host_sum.py)."""
+"""The shared page that sums batch-norm vectors over the ranks of one host (distributed/host_sum.py)."""
 import os
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from enformer_train.model import host_sum
+from enformer_train.distributed import host_sum
 from model_helpers import free_port
 
 WORLD = 3
@@ -87,8 +87,8 @@ def test_no_room_for_the_page_leaves_every_rank_on_gloo(tmp_path):
 
 _PEER = """
 import os, signal, sys, torch
-from enformer_train.model import host_sum
-from enformer_train.train import distributed
+from enformer_train.distributed import host_sum
+from enformer_train.distributed import world as distributed
 
 rank, fault = int(os.environ["RANK"]), sys.argv[1]
 distributed.setup("cpu", float(sys.argv[2]), "train")  # as the trainer: watchdog, gloo, the page

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from enformer_train import Enformer
-from enformer_train.model import host_sum
+from enformer_train.distributed import host_sum
 from model_helpers import free_port, no_dropout, randomise_, tiny_config
 
 BATCH = 4
@@ -94,3 +94,41 @@ def _local_only(x, weights):
     model = _model()
     out, _ = _step(model, x, {h: w[:2] for h, w in weights.items()})
     return out
+
+
+class _Twin:
+    """A reducer as if a second rank held the very same batch: every sum doubles."""
+
+    world_size = 2
+
+    def __init__(self):
+        self.calls = 0
+
+    def sum(self, t):
+        self.calls += 1
+        return t * 2
+
+
+def test_an_injected_reducer_is_what_the_batch_norms_sum_with():
+    """Enformer.use_reducer: the batch norms sum their statistics with the reducer they are given,
+    not the process group (none here). Two ranks holding the same batch normalise and back-propagate
+    exactly as one rank with it, so the twin reducer gives the plain model's numbers."""
+    torch.manual_seed(0)
+    config = no_dropout(tiny_config())
+    plain = Enformer(config).double().train()
+    twin = Enformer(config).double().train()
+    twin.load_state_dict(plain.state_dict())
+    reducer = _Twin()
+    twin.use_reducer(reducer)
+    x = torch.randint(0, 4, (2, config.sequence_length))
+    outputs = []
+    for model in (plain, twin):
+        out = model(x, head="human")
+        out.square().sum().backward()
+        outputs.append((out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    norms = sum(1 for m in twin.modules() if type(m).__name__ == "CrossReplicaBatchNorm")
+    assert reducer.calls == 2 * norms  # moments forward, gradient sums backward: one exchange each
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-12, atol=1e-12)
+    assert len(outputs[0][1]) == len(outputs[1][1]) > 50  # the mouse head has no gradient here
+    for a, b in zip(outputs[1][1], outputs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

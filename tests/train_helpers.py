@@ -41,7 +41,7 @@ def command(nproc: int, args: list[str], torchrun_args: tuple[str, ...] = ()) ->
 
 def threads_of_one_in(nproc: int) -> dict:
     """Environment for a one-process run that uses as many intra-op threads as each process of an
-    `nproc`-process run (train/distributed.py gives each cpu_count // nproc). A 1-rank vs n-rank
+    `nproc`-process run (distributed/world.py gives each cpu_count // nproc). A 1-rank vs n-rank
     comparison needs it: with other thread counts, CPU kernels split their reductions differently
     (seen on torch 2.4: ~1e-7 apart), and Adam's first steps turn round-off in near-zero gradients
     into steps of nearly the learning rate (q, k and v get their first gradient at step 2, the

@@ -423,7 +423,7 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
     from .data.targets import strand_pairs
     from .predict import parse_region
     from .progress import progress
-    from .train.distributed import barrier, setup, teardown
+    from .distributed import barrier, setup, teardown
 
     if method not in METHODS:
         raise UserError(f"--method {method!r}: expected {', '.join(METHODS)}")

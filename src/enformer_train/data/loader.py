@@ -41,7 +41,7 @@ EPOCH_ORDER_SALT = 0x5A3D
 @dataclass(frozen=True)
 class Shard:
     """Which share of a split a process reads: rank `rank` of `world_size` ranks. A
-    train.distributed.World has these two fields too and is passed in place of a Shard."""
+    distributed.World has these two fields too and is passed in place of a Shard."""
 
     rank: int = 0
     world_size: int = 1
@@ -137,7 +137,7 @@ class Loader:
         never end; otherwise one pass over every sample of the rank's share, the last batch short.
     seed: the epoch permutations and the augmentation choices are functions of it (and of the
         epoch and the sample), and it seeds the DataLoader's own generator.
-    shard: this process's rank and the number of ranks (a Shard, or train.distributed.World).
+    shard: this process's rank and the number of ranks (a Shard, or distributed.World).
     num_workers: DataLoader worker processes (0: build batches in this process); batches and
         their order do not depend on it.
     augment: how each sample is shifted and reverse-complemented: default Augment(store.max_shift)

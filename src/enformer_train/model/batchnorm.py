@@ -10,10 +10,10 @@ import contextlib
 import threading
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed.reduce import PROCESS_GROUP, Reducer, key_of
 from .ops import GELU_SCALE, batch_norm, without_autocast
 
 _state = threading.local()
@@ -39,15 +39,11 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _distributed_world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 class CrossReplicaBatchNorm(nn.Module):
     """Batch norm over channels of [batch, channels, length], statistics of the global batch.
 
-    Training: normalise with the batch's biased mean and variance (of all ranks when
-    torch.distributed has more than one and `cross_replica` is on), then update debiased
+    Training: normalise with the batch's biased mean and variance (of all ranks of `reducer` when
+    it has more than one and `cross_replica` is on; by default the process group's), then update debiased
     exponential moving averages: average_i = average_{i-1} + (value - average_{i-1}) *
     (1 - decay) / (1 - decay^i), which is Sonnet's hidden / (1 - decay^i) written on the average.
     Evaluation: normalise with the moving averages. With `gelu`, the reference's GELU follows in
@@ -58,6 +54,7 @@ class CrossReplicaBatchNorm(nn.Module):
                  gelu: bool = False):
         super().__init__()
         self.decay, self.eps, self.cross_replica, self.gelu = decay, eps, cross_replica, gelu
+        self.use_reducer(PROCESS_GROUP)
         # Frozen (fine-tuning): normalise with the moving averages and keep them, also in training mode.
         self.frozen = False
         self.weight = nn.Parameter(torch.ones(num_features))
@@ -65,6 +62,10 @@ class CrossReplicaBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def use_reducer(self, reducer: Reducer) -> None:
+        """Sum the statistics with `reducer` (a distributed.Reducer): the ranks it spans are the batch."""
+        self.reducer, self.reducer_key = reducer, key_of(reducer)  # the key: an int torch.compile can hold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A bf16 or float16 x (autocast) stays in its dtype: torch's batch-norm kernels take it beside
@@ -74,8 +75,8 @@ class CrossReplicaBatchNorm(nn.Module):
                 y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                  training=False, eps=self.eps)
                 return y * torch.sigmoid(GELU_SCALE * y) if self.gelu else y
-        world = _distributed_world() if self.cross_replica else 1
-        y, mean, var = batch_norm(x, self.weight, self.bias, self.eps, self.gelu, world)
+        world = self.reducer.world_size if self.cross_replica else 1
+        y, mean, var = batch_norm(x, self.weight, self.bias, self.eps, self.gelu, world, self.reducer_key)
         if not getattr(_state, "frozen", False):
             self._update_averages(mean, var)
         return y

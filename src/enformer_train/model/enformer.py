@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..codes import ONE_HOT
 from .attention import MultiheadAttention
-from .batchnorm import at_least_float32, frozen_statistics
+from .batchnorm import CrossReplicaBatchNorm, at_least_float32, frozen_statistics
 from .blocks import ConvBlock, ConvTowerBlock, Stem, gelu, init_sonnet_linear
 from .config import EnformerConfig
 
@@ -106,6 +106,13 @@ class Enformer(nn.Module):
         self.transformer = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_transformer_layers))
         self.final_pointwise = FinalPointwise(config)
         self.heads = nn.ModuleDict({name: Head(2 * config.channels, tracks) for name, tracks in config.heads.items()})
+
+    def use_reducer(self, reducer) -> None:
+        """Every cross-replica batch norm sums its statistics with `reducer` (a distributed.Reducer;
+        by default the process group's ranks)."""
+        for module in self.modules():
+            if isinstance(module, CrossReplicaBatchNorm):
+                module.use_reducer(reducer)
 
     def _checkpointed(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """block(x), under activation checkpointing when the config asks for it and a backward will follow."""

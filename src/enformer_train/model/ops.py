@@ -10,21 +10,9 @@ import contextlib
 
 import torch
 
-from .host_sum import sum_over_ranks
+from ..distributed.reduce import sum_with
 
 GELU_SCALE = 1.702
-
-
-@torch.library.custom_op("enformer_train::sum_over_ranks", mutates_args=(), schema="(Tensor t) -> Tensor")
-def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """host_sum.sum_over_ranks as one opaque operator, so that torch.compile keeps the batch norm's
-    exchange inside its graph (a Python call there would break the graph at every batch norm)."""
-    return sum_over_ranks(t.clone())
-
-
-@_sum_over_ranks.register_fake
-def _(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(t)
 
 
 def without_autocast(device: torch.device):
@@ -44,7 +32,7 @@ class BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, gelu, world):
+    def forward(ctx, x, weight, bias, eps, gelu, world, key=0):
         channels = x.shape[1]
         # Per-channel moments from row sums along the length (contiguous, fast: torch.var_mean over
         # (batch, length) was a third of a CPU training step), added up over rows in float64 and, with
@@ -54,7 +42,7 @@ class BatchNormFunction(torch.autograd.Function):
         local = torch.cat([_row_sums(x).sum(0), _row_dots(x, x).sum(0),
                            torch.tensor([n], dtype=torch.float64, device=x.device)])
         if world > 1:
-            local = _sum_over_ranks(local)
+            local = sum_with(local, key)
         count = local[-1]
         mean64 = local[:channels] / count
         var = (local[channels:2 * channels] / count - mean64 * mean64).clamp_min(0.0).to(x.dtype)
@@ -64,7 +52,7 @@ class BatchNormFunction(torch.autograd.Function):
         z = torch.addcmul((bias - mean * scale)[None, :, None], x, scale[None, :, None])
         y = z.mul_(torch.sigmoid(z * GELU_SCALE)) if gelu else z
         ctx.save_for_backward(x, weight, bias, mean, invstd)
-        ctx.count, ctx.gelu, ctx.world = count, gelu, world
+        ctx.count, ctx.gelu, ctx.world, ctx.key = count, gelu, world, key
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -87,13 +75,13 @@ class BatchNormFunction(torch.autograd.Function):
         grad_weight, grad_bias = sum_dz_xhat.to(weight.dtype), sum_dz.to(weight.dtype)
         if ctx.world > 1:
             sums = torch.cat([sum_dz, sum_dz_xhat])
-            sums = _sum_over_ranks(sums)
+            sums = sum_with(sums, ctx.key)
             sum_dz, sum_dz_xhat = sums[:channels], sums[channels:]
         mean_dz = (sum_dz / ctx.count).to(x.dtype)
         mean_dz_xhat = (sum_dz_xhat / ctx.count).to(x.dtype)
         grad_x = x_hat.mul_(-mean_dz_xhat[None, :, None]).add_(grad_z).sub_(mean_dz[None, :, None]).mul_(
             (weight * invstd)[None, :, None])
-        return grad_x, grad_weight, grad_bias, None, None, None
+        return (grad_x, grad_weight, grad_bias) + (None,) * (len(ctx.needs_input_grad) - 3)  # key may be left out
 
 
 class HalfBatchNormFunction(torch.autograd.Function):
@@ -116,7 +104,7 @@ class HalfBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, gelu, world):
+    def forward(ctx, x, weight, bias, eps, gelu, world, key=0):
         with without_autocast(x.device):
             y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
             var = invstd.pow(-2).sub_(eps).clamp_min_(0.0)  # float32: 1e-7 of var + eps
@@ -124,7 +112,7 @@ class HalfBatchNormFunction(torch.autograd.Function):
                 n = x.shape[0] * x.shape[2]
                 mean64, var64 = torch.stack([mean, var]).double()
                 local = torch.cat([mean64 * n, (var64 + mean64 * mean64) * n, mean64.new_tensor([n])])
-                total = _sum_over_ranks(local)
+                total = sum_with(local, key)
                 channels, count = x.shape[1], total[-1]
                 mean64 = total[:channels] / count
                 var = (total[channels:2 * channels] / count - mean64 * mean64).clamp_min_(0.0)
@@ -134,7 +122,7 @@ class HalfBatchNormFunction(torch.autograd.Function):
             if gelu:
                 y = y.mul_(torch.sigmoid(y * GELU_SCALE))
         ctx.save_for_backward(x, weight, bias, mean, var, invstd)
-        ctx.eps, ctx.gelu, ctx.world = eps, gelu, world
+        ctx.eps, ctx.gelu, ctx.world, ctx.key = eps, gelu, world, key
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -157,14 +145,14 @@ class HalfBatchNormFunction(torch.autograd.Function):
                 grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                     grad_z, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True])
                 channels = x.shape[1]
-                total = _sum_over_ranks(torch.cat([grad_bias, grad_weight]).double())
+                total = sum_with(torch.cat([grad_bias, grad_weight]).double(), ctx.key)
                 means = total / ctx.count  # global means of dz and dz x_hat
                 scale = -(weight * invstd).double()
                 # - w invstd (mean dz + x_hat mean dz x_hat), x_hat = (x - mean) invstd: an affine map of x_hat
                 centring = torch.native_batch_norm(x, (scale * means[channels:]).float(),
                                                    (scale * means[:channels]).float(), mean, var, False, 0.0, ctx.eps)[0]
                 grad_x = grad_x.add_(centring)
-        return grad_x, grad_weight, grad_bias, None, None, None
+        return (grad_x, grad_weight, grad_bias) + (None,) * (len(ctx.needs_input_grad) - 3)  # key may be left out
 
 
 def _row_sums(x: torch.Tensor) -> torch.Tensor:
@@ -281,12 +269,14 @@ class AttendFunction(torch.autograd.Function):
         return grad_p.sub_(row).mul_(p), grad_v, None, None
 
 
-def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, gelu: bool, world: int):
-    """Training-mode batch norm (+ GELU) of x [batch, channels, length] over `world` ranks
+def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, gelu: bool, world: int,
+               key: int = 0):
+    """Training-mode batch norm (+ GELU) of x [batch, channels, length] over `world` ranks, summed by
+    the reducer registered as `key` (distributed.reduce.key_of)
     -> (y [batch, channels, length], batch mean [channels], biased batch variance [channels])."""
     if x.dtype in (torch.float16, torch.bfloat16):
-        return HalfBatchNormFunction.apply(x, weight.float(), bias.float(), eps, gelu, world)
-    return BatchNormFunction.apply(x, weight, bias, eps, gelu, world)
+        return HalfBatchNormFunction.apply(x, weight.float(), bias.float(), eps, gelu, world, key)
+    return BatchNormFunction.apply(x, weight, bias, eps, gelu, world, key)
 
 
 def softmax_pool_pairs(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

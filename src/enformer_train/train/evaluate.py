@@ -152,7 +152,7 @@ def run_evaluate(checkpoint: str, split: str, out_dir: str, tta: bool = False, b
     Under torchrun the split is shared across ranks; rank 0 writes the files. With `compile`, the
     model runs under torch.compile (compiling.for_inference)."""
     from ..config import TrainConfig
-    from .distributed import set_where, setup, teardown
+    from ..distributed import set_where, setup, teardown
 
     world = setup(device, collective_timeout_s, "evaluate")
     try:

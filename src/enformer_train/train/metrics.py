@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import all_reduce_
+from ..distributed import all_reduce_
 from .loss import poisson_terms
 
 

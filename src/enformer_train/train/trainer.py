@@ -21,17 +21,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..compiling import require_compile
+from ..config import Config
 from ..data.augment import Augment
 from ..data.loader import Loader, to_device
 from ..data.store import Store
+from ..distributed import World, all_gather_objects, all_reduce_, barrier, set_where, setup, teardown, watching
 from ..errors import Stopped, UserError
 from ..model import build_model
 from ..model.info import measure
 from ..model.weights import save_model
 from . import checkpoint as ckpt
 from . import finetune
-from ..config import Config
-from .distributed import World, all_gather_objects, all_reduce_, barrier, set_where, setup, teardown, watching
 from .evaluate import cage_tracks, evaluate_store
 from .logging import MetricsLog
 from .loss import poisson_loss

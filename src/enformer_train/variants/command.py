@@ -300,7 +300,7 @@ def score_variants(o: ScoreOptions) -> dict | None:
     """`enformer-train score-variants`, under torchrun too. Rank 0 writes --out and returns the counts
     (variants, scored by this rank, windows predicted, seconds, skipped, flipped, renamed chromosomes,
     variant-gene pairs); other ranks return None."""
-    from ..train.distributed import barrier, setup, teardown
+    from ..distributed import barrier, setup, teardown
 
     _check_output(o, parse_stats(o.stats))  # before the process group: no rank waits on another's refusal
     parse_shifts(o.shifts)

@@ -17,7 +17,7 @@ frozen peer does not hold a core at 100%. Gloo notices a dead peer (its connecti
 page would not, so the wait looks at the peers it waits for every 50 ms: a peer whose process has
 died (gone, or a zombie) ends the wait at once, and a peer that has not arrived within the
 collective timeout (train.collective_timeout_s: frozen, stopped, hung) ends it then. Either way
-the page's owner (train/distributed.py) is told which ranks and why, in a PeerLost; it ends the
+the page's owner (distributed/world.py) is told which ranks and why, in a PeerLost; it ends the
 process with one line, as the watchdog does for the other collectives.
 """
 from __future__ import annotations

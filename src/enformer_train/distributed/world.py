@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
-from ..model.host_sum import close_host_sum, dead_ranks, open_host_sum
+from .host_sum import close_host_sum, dead_ranks, open_host_sum
 
 
 @dataclass
