@@ -16,7 +16,7 @@ from enformer_train.compiling import MIN_TORCH, for_inference, torch_version
 from enformer_train.data.store import Store
 from enformer_train.distributed import setup, teardown
 from enformer_train.infer import load
-from enformer_train.train.evaluate import assay_tracks, evaluate_store
+from enformer_train.train.validation import assay_tracks, evaluate_store
 from model_helpers import free_port, randomise_, tiny_config
 from train_helpers import overrides, run
 
@@ -77,8 +77,9 @@ def test_pearson_from_running_sums_is_per_track_over_all_bins():
 
 
 def test_assay_types_by_description_prefix_and_the_figure(tmp_path):
-    from enformer_train.train.evaluate import ASSAY_PREFIXES, write_results
+    from enformer_train.evaluate import write_results
     from enformer_train.train.metrics import TrackStats
+    from enformer_train.train.validation import ASSAY_PREFIXES
 
     descriptions = ["CAGE:liver", "DNASE:K562", "ATAC:heart", "CHIP:H3K27ac:K562", "cage:brain", "RNA:liver"]
     assert [next((n for n, p in ASSAY_PREFIXES.items() if d.upper().startswith(p)), None) for d in descriptions] == \

@@ -44,7 +44,8 @@ from .data.augment import COMPLEMENT
 from .data.genome import Genome
 from .errors import UserError
 from .files import atomic_write
-from .infer import flank, load, output_span, predict_codes, select_tracks, targets_for, to_forward_strand, tta_views
+from .infer import (choose_head, flank, load, output_span, predict_codes, select_tracks, targets_for, to_forward_strand,
+                    tta_views)
 from .model.enformer import one_hot
 
 METHODS = ("input-grad", "ism", "integrated-gradients")
@@ -475,9 +476,7 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
     try:
         loaded = load(checkpoint, world.device)
         model = loaded.model
-        head = organism or next(iter(model.heads))
-        if head not in model.heads:
-            raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
+        head = choose_head(model, organism)
         rows = targets_for(loaded, head, targets)
         chosen = select_tracks(tracks, model.config.heads[head], rows)
         target = Target(parse_bins(bins, model.config.target_length), chosen, transform == "log1p", per_track)

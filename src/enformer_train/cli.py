@@ -35,10 +35,20 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
+    splits = tuple(s for s in args.splits.split(",") if s)
     if args.targets:
-        from .data.coverage_prepare import run_prepare_coverage
+        from .data.coverage_prepare import prepare_coverage
 
-        manifest = run_prepare_coverage(args)
+        if not args.regions:
+            raise UserError("--targets needs --regions BED (chrom, start, end, split); "
+                            "`enformer-train regions` tiles a genome into one")
+        if args.bed:
+            raise UserError("--bed goes with --basenji; with --targets the regions are --regions")
+        manifest = prepare_coverage(
+            args.out, args.organism, args.fasta, args.targets, args.regions, sequence_length=args.sequence_length,
+            target_length=args.target_length or 896, max_shift=args.max_shift, blacklist=args.blacklist,
+            transform=args.transform or "basenji", workers=args.workers, splits=splits, restart=args.restart,
+            progress=not args.no_progress, nonfinite_targets=args.nonfinite_targets)
     else:
         from .data.prepare import prepare
 
@@ -50,7 +60,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         manifest = prepare(
             out=args.out, organism=args.organism, fasta=args.fasta, basenji=args.basenji, bed=args.bed,
             sequence_length=args.sequence_length, max_shift=args.max_shift,
-            splits=tuple(s for s in args.splits.split(",") if s), workers=args.workers, records_per_file=args.records_per_file,
+            splits=splits, workers=args.workers, records_per_file=args.records_per_file,
             max_mismatch_rate=args.max_mismatch_rate, restart=args.restart, progress=not args.no_progress,
             nonfinite_targets=args.nonfinite_targets, bin_size=args.bin_size)
     counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
@@ -61,7 +71,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 def _cmd_regions(args: argparse.Namespace) -> None:
     from .data.regions import run_regions
 
-    run_regions(args)
+    run_regions(args.fasta, args.length, args.stride, args.valid_chroms, args.test_chroms, args.max_n, args.blacklist)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -74,7 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .train.evaluate import run_evaluate
+    from .evaluate import run_evaluate
 
     summary = run_evaluate(args.checkpoint, args.split, args.out, tta=args.tta, batch_size=args.batch_size,
                            max_batches=args.max_batches, device=args.device, stores=args.store,
@@ -92,7 +102,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from .predict import run_predict
 
-    print(run_predict(args))
+    print(run_predict(args.checkpoint, args.fasta, args.region, args.out, organism=args.organism, tracks=args.tracks,
+                      targets=args.targets, device=args.device, compile=args.compile))
 
 
 def _cmd_attribute(args: argparse.Namespace) -> None:
@@ -156,7 +167,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_plot(args: argparse.Namespace) -> None:
     from .plot_command import run_plot
 
-    print(f"wrote {run_plot(args)}")
+    written = run_plot(args.checkpoint, args.out, store=args.store, split=args.split, sample=args.sample,
+                       fasta=args.fasta, region=args.region, organism=args.organism, tracks=args.tracks)
+    print(f"wrote {written}")
 
 
 CONFIG_POINTER = ("Config options (model., data., train.): `enformer-train config [--config F] [section.key=value ...]` "
@@ -377,9 +390,20 @@ def _add_prepare(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--basenji", metavar="DIR",
                         help="Basenji organism folder (statistics.json, targets.txt, tfrecords/); local or a fsspec URL such as gs://")
-    from .data.coverage_prepare import add_coverage_arguments
+    from .data.coverage import TRANSFORMS
 
-    add_coverage_arguments(p, source)
+    source.add_argument("--targets", metavar="TARGETS_TXT",
+                        help="a targets.txt naming bigWig files (Basenji's columns: index, identifier, file, clip, "
+                             "clip_soft, scale, sum_stat, description), with --regions")
+    p.add_argument("--regions", metavar="BED", help="with --targets: chrom, start, end, split (train/valid/test), "
+                                                    "all regions one length; `enformer-train regions` makes one")
+    p.add_argument("--target-length", type=int,
+                   help="with --targets: bins of 128 bp per region, centred on it (default 896)")
+    p.add_argument("--blacklist", metavar="BED", help="with --targets: intervals clipped to the target span's median "
+                                                      "coverage (widened 20 bp each side, as Basenji does)")
+    p.add_argument("--transform", choices=TRANSFORMS,
+                   help="with --targets: basenji (default: the Enformer-era data's, baskerville's transform_old) "
+                        "or baskerville (its current one). baskerville's dataset-wide clip_pct pass is not applied")
     p.add_argument("--bed", help="with --basenji: sequences.bed (default: DIR/sequences.bed)")
     p.add_argument("--out", required=True, metavar="STORE", help="store folder to write")
     p.add_argument("--context", "--sequence-length", dest="sequence_length", type=int, default=DEFAULT_SEQUENCE_LENGTH,
@@ -406,9 +430,14 @@ def _add_prepare(sub) -> None:
 
 def _add_regions(sub) -> None:
     p = sub.add_parser("regions", help="tile a genome into a regions BED (chrom, start, end, split) on stdout")
-    from .data.regions import add_regions_arguments
-
-    add_regions_arguments(p)
+    p.add_argument("--fasta", required=True, help="genome FASTA, plain or bgzipped (.fa.gz); its index is built if missing")
+    p.add_argument("--length", type=int, required=True, help="region length in bp, e.g. 131072")
+    p.add_argument("--stride", type=int, help="bp between region starts (default: --length, no overlap)")
+    p.add_argument("--valid-chroms", nargs="*", default=[], metavar="CHROM", help="chromosomes held out for validation")
+    p.add_argument("--test-chroms", nargs="*", default=[], metavar="CHROM", help="chromosomes held out for testing")
+    p.add_argument("--max-n", type=float, default=0.35,
+                   help="skip a region whose N and blacklisted bases exceed this fraction (default 0.35)")
+    p.add_argument("--blacklist", metavar="BED", help="blacklisted intervals (e.g. ENCODE's), counted as N")
     p.set_defaults(func=_cmd_regions)
 
 

@@ -80,6 +80,14 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
     return Loaded(merge_lora(model).eval(), state["path"], config, state["step"])
 
 
+def choose_head(model: Enformer, organism: str | None) -> str:
+    """The head `organism` names (--organism), or the model's first; an unknown one is a UserError."""
+    head = organism or next(iter(model.heads))
+    if head not in model.heads:
+        raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
+    return head
+
+
 def targets_for(loaded: Loaded, head: str, path: str | None = None) -> list[dict] | None:
     """Rows of targets.txt for `head`: `path` (--targets) when given, else the training store's when
     it is still there, else None (tracks are then known by index only)."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import torch
 
 from .compiling import for_inference
 from .data.genome import Genome
+from .distributed import choose_device
 from .errors import UserError
-from .infer import load, output_span, predict_region, select_tracks, targets_for
+from .infer import choose_head, load, output_span, predict_region, select_tracks, targets_for
 
 _REGION = re.compile(r"^([^:\s]+):([\d,]+)-([\d,]+)$")
 
@@ -43,51 +43,50 @@ def write_bigwig(path: str, chrom: str, chrom_length: int, span_start: int, bin_
 _BIGWIG = (".bw", ".bigwig", ".bigWig")
 
 
-def run_predict(args) -> str:
-    """Predict, write --out, and return what was predicted and written (lines for the user)."""
-    if not args.out.endswith((".npz", *_BIGWIG)):
-        raise UserError(f"--out {args.out}: unknown format; name the file .npz (NumPy arrays) or .bw (bigWig)")
-    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    loaded = load(args.checkpoint, device)
+def run_predict(checkpoint: str, fasta: str, region: str, out: str, organism: str | None = None,
+                tracks: str | None = None, targets: str | None = None, device: str = "auto",
+                compile: bool = False) -> str:
+    """`enformer-train predict`: predict `region` (CHROM:START-END), write `out` (.npz or .bw), and
+    return what was predicted and written (lines for the user)."""
+    if not out.endswith((".npz", *_BIGWIG)):
+        raise UserError(f"--out {out}: unknown format; name the file .npz (NumPy arrays) or .bw (bigWig)")
+    loaded = load(checkpoint, choose_device(device))
     model = loaded.model
-    head = args.organism or next(iter(model.heads))
-    if head not in model.heads:
-        raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
-    chrom, start, end = parse_region(args.region)
-    genome = Genome(args.fasta)
+    head = choose_head(model, organism)
+    chrom, start, end = parse_region(region)
+    genome = Genome(fasta)
     if chrom not in genome:
-        raise UserError(f"{args.fasta}: no sequence named {chrom!r} (region {args.region})")
+        raise UserError(f"{fasta}: no sequence named {chrom!r} (region {region})")
     if start >= genome.lengths[chrom]:
-        raise UserError(f"region {args.region}: starts past the end of {chrom} ({genome.lengths[chrom]:,} bp)")
-    targets = targets_for(loaded, head, args.targets)
-    call = for_inference(model) if getattr(args, "compile", False) else model
+        raise UserError(f"region {region}: starts past the end of {chrom} ({genome.lengths[chrom]:,} bp)")
+    rows = targets_for(loaded, head, targets)
+    call = for_inference(model) if compile else model
     pred, span_start = predict_region(call, genome, chrom, start, end, head, show_progress=True)
-    tracks = select_tracks(args.tracks, pred.shape[1], targets)
-    pred = pred[:, tracks]
+    chosen = select_tracks(tracks, pred.shape[1], rows)
+    pred = pred[:, chosen]
     bin_size = model.config.bin_size
-    out = args.out
     written = [out]
-    descriptions = [targets[i].get("description", "") if targets else "" for i in tracks]
+    descriptions = [rows[i].get("description", "") if rows else "" for i in chosen]
     if out.endswith(_BIGWIG):
         try:
             import pyBigWig  # noqa: F401
         except ImportError:
             raise UserError("bigWig output needs pyBigWig (pip install pyBigWig); or write .npz") from None
-        if len(tracks) == 1:
+        if len(chosen) == 1:
             write_bigwig(out, chrom, genome.lengths[chrom], span_start, bin_size, pred[:, 0])
         else:
             stem = out.rsplit(".", 1)[0]
-            written = [f"{stem}.track{t}.bw" for t in tracks]
+            written = [f"{stem}.track{t}.bw" for t in chosen]
             for k, name in enumerate(written):
                 write_bigwig(name, chrom, genome.lengths[chrom], span_start, bin_size, pred[:, k])
     else:
-        np.savez(out, predictions=pred, tracks=np.array(tracks), descriptions=np.array(descriptions),
+        np.savez(out, predictions=pred, tracks=np.array(chosen), descriptions=np.array(descriptions),
                  chrom=chrom, start=span_start, end=span_start + pred.shape[0] * bin_size, bin_size=bin_size,
                  organism=head)
     span_end = span_start + pred.shape[0] * bin_size
     lines = [f"predicted {chrom}:{span_start:,}-{span_end:,} ({pred.shape[0]} bins of {bin_size} bp: the region "
              f"{chrom}:{start:,}-{end:,} tiled with whole output windows of {output_span(model):,} bp), "
-             f"{len(tracks)} {head} track{'s' if len(tracks) != 1 else ''}"]
+             f"{len(chosen)} {head} track{'s' if len(chosen) != 1 else ''}"]
     if span_start < 0 or span_end > genome.lengths[chrom]:
         lines.append(f"  bins past the ends of {chrom} (0-{genome.lengths[chrom]:,}) saw N and are not genome")
     if len(written) == 1:

@@ -21,7 +21,7 @@ import signal
 
 from .. import files
 from ..errors import UserError
-from .coverage import POOL_WIDTH, TRANSFORMS, BigWig, check_chromosomes, read_blacklist, read_tracks, region_targets
+from .coverage import POOL_WIDTH, BigWig, check_chromosomes, read_blacklist, read_tracks, region_targets
 from .genome import Genome
 from .intervals import SPLITS, by_split
 from .pool import producer_results
@@ -146,32 +146,3 @@ def _write_chunk(task: tuple[str, int, int]) -> tuple[str, int, int]:
         for bw in bigwigs:
             bw.close()
     return split, first, end - first
-
-
-def add_coverage_arguments(parser, source) -> None:
-    """prepare's options for bigWigs: --targets in the `source` group (the alternative to --basenji)."""
-    source.add_argument("--targets", metavar="TARGETS_TXT",
-                        help="a targets.txt naming bigWig files (Basenji's columns: index, identifier, file, clip, "
-                             "clip_soft, scale, sum_stat, description), with --regions")
-    parser.add_argument("--regions", metavar="BED", help="with --targets: chrom, start, end, split (train/valid/test), "
-                                                         "all regions one length; `enformer-train regions` makes one")
-    parser.add_argument("--target-length", type=int,
-                        help="with --targets: bins of 128 bp per region, centred on it (default 896)")
-    parser.add_argument("--blacklist", metavar="BED", help="with --targets: intervals clipped to the target span's median "
-                                                           "coverage (widened 20 bp each side, as Basenji does)")
-    parser.add_argument("--transform", choices=TRANSFORMS,
-                        help="with --targets: basenji (default: the Enformer-era data's, baskerville's transform_old) "
-                             "or baskerville (its current one). baskerville's dataset-wide clip_pct pass is not applied")
-
-
-def run_prepare_coverage(args) -> dict:
-    if not args.regions:
-        raise UserError("--targets needs --regions BED (chrom, start, end, split); "
-                        "`enformer-train regions` tiles a genome into one")
-    if args.bed:
-        raise UserError("--bed goes with --basenji; with --targets the regions are --regions")
-    return prepare_coverage(args.out, args.organism, args.fasta, args.targets, args.regions, sequence_length=args.sequence_length,
-                            target_length=args.target_length or 896, max_shift=args.max_shift,
-                            blacklist=args.blacklist, transform=args.transform or "basenji", workers=args.workers,
-                            splits=tuple(s for s in args.splits.split(",") if s), restart=args.restart,
-                            progress=not args.no_progress, nonfinite_targets=getattr(args, "nonfinite_targets", "refuse"))

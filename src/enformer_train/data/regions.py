@@ -7,7 +7,6 @@ centred on each region.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -49,29 +48,20 @@ def tile(genome: Genome, length: int, stride: int | None = None, valid_chroms=()
     return out
 
 
-def add_regions_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fasta", required=True, help="genome FASTA, plain or bgzipped (.fa.gz); its index is built if missing")
-    parser.add_argument("--length", type=int, required=True, help="region length in bp, e.g. 131072")
-    parser.add_argument("--stride", type=int, help="bp between region starts (default: --length, no overlap)")
-    parser.add_argument("--valid-chroms", nargs="*", default=[], metavar="CHROM", help="chromosomes held out for validation")
-    parser.add_argument("--test-chroms", nargs="*", default=[], metavar="CHROM", help="chromosomes held out for testing")
-    parser.add_argument("--max-n", type=float, default=0.35,
-                        help="skip a region whose N and blacklisted bases exceed this fraction (default 0.35)")
-    parser.add_argument("--blacklist", metavar="BED", help="blacklisted intervals (e.g. ENCODE's), counted as N")
-
-
-def run_regions(args: argparse.Namespace, out=None) -> None:
+def run_regions(fasta: str, length: int, stride: int | None = None, valid_chroms=(), test_chroms=(),
+                max_n: float = 0.35, blacklist: str | None = None, out=None) -> None:
+    """`enformer-train regions`: the genome tiled into regions of `length` bp (every `stride`), each
+    with its split by chromosome, as a BED on `out` (stdout); the counts on stderr."""
     out = out or sys.stdout
-    genome = Genome(args.fasta)
-    regions = tile(genome, args.length, args.stride, args.valid_chroms, args.test_chroms, args.max_n,
-                   read_blacklist(args.blacklist, widen=0))
+    genome = Genome(fasta)
+    regions = tile(genome, length, stride, valid_chroms, test_chroms, max_n, read_blacklist(blacklist, widen=0))
     if not regions:
-        raise UserError(f"{args.fasta}: no region of {args.length} bp passes --max-n {args.max_n}; "
+        raise UserError(f"{fasta}: no region of {length} bp passes --max-n {max_n}; "
                         f"use shorter regions or a larger --max-n")
     for r in regions:
         out.write(f"{r.chrom}\t{r.start}\t{r.end}\t{r.split}\n")
     counts = {s: sum(r.split == s for r in regions) for s in SPLITS}
-    print(f"{len(regions)} regions of {args.length} bp: " + ", ".join(f"{s} {n}" for s, n in counts.items()),
+    print(f"{len(regions)} regions of {length} bp: " + ", ".join(f"{s} {n}" for s, n in counts.items()),
           file=sys.stderr)
 
 

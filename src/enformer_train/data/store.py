@@ -28,7 +28,7 @@ import numpy as np
 from .. import files
 from ..errors import UserError
 from .intervals import SPLITS, Region
-from .targets import read_strand_pairs
+from .targets import read_strand_pairs, read_targets
 
 FORMAT = "enformer-train-store"
 FORMAT_VERSION = 1
@@ -53,6 +53,12 @@ def regions_file(split: str) -> str:
 def targets_path(store: str) -> str:
     """The targets.txt of the store folder `store` (track names and strands; absent in some stores)."""
     return os.path.join(str(store), TARGETS)
+
+
+def track_rows(store: Store) -> list[dict[str, str]]:
+    """The store's targets.txt rows (empty when the store has none)."""
+    path = targets_path(store.path)
+    return read_targets(path) if os.path.exists(path) else []
 
 
 def _current_names(manifest: dict) -> dict:

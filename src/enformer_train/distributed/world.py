@@ -41,21 +41,12 @@ def setup(device: str = "auto", collective_timeout_s: float | None = None, comma
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("train.device is cuda but no CUDA device is visible; use train.device=cpu")
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dev = torch.device("cuda", torch.cuda.current_device())
-    elif device == "cpu":
-        dev = torch.device("cpu")
+    dev = choose_device(device, local_rank)
+    if dev.type == "cpu":
         # Processes sharing a node share its cores: more threads than cores makes every op wait.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         if local > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    else:
-        raise UserError(f"train.device must be auto, cpu or cuda, got {device!r}")
     if "TORCHELASTIC_RUN_ID" in os.environ:
         die_with_launcher()
     if world_size > 1 and collective_timeout_s:
@@ -67,6 +58,20 @@ def setup(device: str = "auto", collective_timeout_s: float | None = None, comma
             with watching("opening the shared page for batch-norm sums (all_gather_object)"):
                 open_host_sum(timeout_s=collective_timeout_s, on_lost=lambda e: _page_lost(e, rank, command))
     return World(rank, world_size, local_rank, dev)
+
+
+def choose_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """--device / train.device: auto (CUDA when visible), cpu, or cuda (this rank's GPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("the device is cuda but no CUDA device is visible; use cpu (train.device=cpu, --device cpu)")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    if device == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"the device must be auto, cpu or cuda, got {device!r}")
 
 
 def _init_process_group(dev: torch.device, rank: int, world_size: int, collective_timeout_s: float | None) -> None:

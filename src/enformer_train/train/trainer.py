@@ -32,11 +32,11 @@ from ..model.info import measure
 from ..model.weights import save_model
 from . import checkpoint as ckpt
 from . import finetune
-from .evaluate import cage_tracks, evaluate_store
 from .logging import MetricsLog
 from .loss import poisson_loss
 from .optim import learning_rate, make_optimizer
 from .run_lock import RunFolderBusy, lock_run_folder, unlock_run_folder
+from .validation import cage_tracks, evaluate_store
 
 # bf16 dense peak FLOP/s per device, for model FLOP utilisation; unknown devices log none.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,

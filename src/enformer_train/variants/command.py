@@ -22,7 +22,7 @@ from .. import chunks
 from ..compiling import for_inference
 from ..data.genome import Genome
 from ..errors import UserError
-from ..infer import load, select_tracks, targets_for
+from ..infer import choose_head, load, select_tracks, targets_for
 from .output import Layout, genes_path, write_output
 from .score import GENE_STATS, Scorer
 from .stats import PER_BIN, STATS
@@ -206,9 +206,7 @@ def plan_run(o: ScoreOptions, world) -> Run:
     loaded = load(o.checkpoint, world.device)
     model = loaded.model
     call = for_inference(model) if o.compile else model  # refused before any file is written
-    head = o.organism or next(iter(model.heads))
-    if head not in model.heads:
-        raise UserError(f"--organism {head!r}: the model's heads are {', '.join(model.heads)}")
+    head = choose_head(model, o.organism)
     rows = targets_for(loaded, head, o.targets)
     targets_name = o.targets or "targets.txt"
     tracks = select_tracks(o.tracks, model.config.heads[head], rows)
