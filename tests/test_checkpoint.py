@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from enformer_train.errors import UserError
-from enformer_train.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from enformer_train.saved.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def _state(step):
@@ -47,7 +47,7 @@ def test_rng_state_round_trip():
 
 def test_train_refuses_a_folder_holding_a_run_without_resume(tmp_path, capsys):
     from enformer_train.cli import main
-    from enformer_train.train.checkpoint import run_reached
+    from enformer_train.saved.checkpoint import run_reached
     from train_helpers import overrides
 
     run_dir = tmp_path / "run"

@@ -203,6 +203,28 @@ def test_sonnet_checkpoint_imports_through_tensorflow_reader(tmp_path):
         from_sonnet({k: torch.as_tensor(v) for k, v in variables.items()})
 
 
+def test_a_sonnet_checkpoint_loads_as_any_saved_model_does(tmp_path):
+    """saved.load and saved.model_config take a Sonnet checkpoint prefix as they take a weights file:
+    the same tensors as `convert` then load_model."""
+    pytest.importorskip("tensorflow")
+    from enformer_train import Enformer
+    from enformer_train.saved import load, model_config, resolve_saved
+    from model_helpers import tiny_config
+
+    model = Enformer(tiny_config()).eval()
+    randomise_(model, seed=3)
+    prefix = _write_tf_checkpoint(_sonnet_variables(model), str(tmp_path / "sonnet" / "ckpt"))
+    assert resolve_saved(prefix)[0] == "sonnet" and resolve_saved(tmp_path / "sonnet")[0] == "sonnet"
+    assert main(["convert", prefix, str(tmp_path / "w.safetensors")]) == 0
+    converted = load_model(tmp_path / "w.safetensors").state_dict()
+    loaded = load(prefix)
+    assert loaded.path == prefix and not loaded.model.training
+    assert loaded.model.state_dict().keys() == converted.keys()
+    for name, value in converted.items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], value, rtol=0, atol=0)
+    assert model_config(prefix)["channels"] == 48 and model_config(tmp_path / "w.safetensors")["num_heads"] == 2
+
+
 def test_cli_convert_refuses_an_existing_output_unless_forced(tmp_path, capsys):
     torch.save(_small_state(), tmp_path / "ok.pt")
     (tmp_path / "mine.safetensors").write_bytes(b"my only copy")

@@ -10,9 +10,9 @@ import torch  # noqa: E402
 
 from enformer_train import load_model  # noqa: E402
 from enformer_train.cli import main  # noqa: E402
-from enformer_train.infer import load, resolve_saved  # noqa: E402
+from enformer_train.saved import load, resolve_saved  # noqa: E402
 from enformer_train.model.convert import from_enformer_pytorch  # noqa: E402
-from enformer_train.train.finetune import source_model_config  # noqa: E402
+from enformer_train.saved import model_config as source_model_config  # noqa: E402
 
 enformer_pytorch = pytest.importorskip("enformer_pytorch")
 

@@ -15,7 +15,7 @@ from enformer_train.cli import main
 from enformer_train.compiling import MIN_TORCH, for_inference, torch_version
 from enformer_train.data.store import Store
 from enformer_train.distributed import setup, teardown
-from enformer_train.infer import load
+from enformer_train.saved import load
 from enformer_train.train.validation import assay_tracks, evaluate_store
 from model_helpers import free_port, randomise_, tiny_config
 from train_helpers import overrides, run

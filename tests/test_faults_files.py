@@ -12,7 +12,7 @@ import torch
 from enformer_train import build_model, files
 from enformer_train.errors import UserError
 from enformer_train.model.weights import save_model
-from enformer_train.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint
+from enformer_train.saved.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint
 from model_helpers import tiny_config
 
 
@@ -162,7 +162,7 @@ def test_checkpoints_from_before_checksums_still_load(tmp_path):
 # -- 7: rotation deletes only after the new one verifies, never the newest good one --------------
 
 def test_rotation_keeps_the_newest_good_checkpoint_and_deletes_nothing_for_a_bad_save(tmp_path, monkeypatch):
-    from enformer_train.train import checkpoint
+    from enformer_train.saved import checkpoint
 
     save_checkpoint(tmp_path, _state(1), keep=1)
     save_checkpoint(tmp_path, _state(2, nonfinite_run=5), keep=1)  # a stop for non-finite losses
@@ -210,7 +210,7 @@ def _full_disk(monkeypatch, full_calls):
     """shutil.disk_usage as the checkpoints see it: 1,000 bytes free on the calls in `full_calls`."""
     import shutil
 
-    from enformer_train.train import checkpoint
+    from enformer_train.saved import checkpoint
 
     real, calls = shutil.disk_usage, []
 

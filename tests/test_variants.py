@@ -586,7 +586,7 @@ def test_trained_model_knows_which_variants_destroy_a_promoter_motif(trained, tm
     print(report)
     assert known_answers(motif_sad, free_sad), report
     # the same checks fail for the untrained model: they measure what was learned
-    from enformer_train.infer import load
+    from enformer_train.saved import load
 
     untrained = Enformer(load(run_dir).model.config).eval()
     save_model(untrained, tmp_path / "untrained.safetensors")

@@ -44,8 +44,8 @@ from .data.augment import COMPLEMENT
 from .data.genome import Genome
 from .errors import UserError
 from .files import atomic_write
-from .infer import (choose_head, flank, load, output_span, predict_codes, select_tracks, targets_for, to_forward_strand,
-                    tta_views)
+from .infer import choose_head, flank, output_span, predict_codes, select_tracks, targets_for, to_forward_strand, tta_views
+from .saved import load
 from .model.enformer import one_hot
 
 METHODS = ("input-grad", "ism", "integrated-gradients")

@@ -37,7 +37,8 @@ def region_figures(run_dir: Path, stores: dict[str, Path], out_dir: Path, sample
     from .data.augment import window_margin
     from .data.store import Store, targets_path
     from .data.targets import read_targets
-    from .infer import load, predict_codes
+    from .infer import predict_codes
+    from .saved import load
     from .plots import plot_tracks
 
     model = load(run_dir / "model.safetensors").model
@@ -65,7 +66,7 @@ def region_figures(run_dir: Path, stores: dict[str, Path], out_dir: Path, sample
 def fresh_run_dir(root: Path) -> Path:
     """root/run, or when an earlier demo's run is there, root/run-2, run-3, ...: a rerun never
     writes over a finished run."""
-    from .train.checkpoint import run_reached
+    from .saved.checkpoint import run_reached
 
     run_dir, k = root / "run", 1
     while run_reached(run_dir) is not None:

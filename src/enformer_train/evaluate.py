@@ -14,7 +14,7 @@ from .config import TrainConfig
 from .data.store import Store, read_manifest, track_rows
 from .distributed import set_where, setup, teardown
 from .errors import UserError
-from .infer import load
+from .saved import load
 from .plots import plot_assay_r
 from .train.metrics import TrackStats
 from .train.validation import assay_tracks, evaluate_store

@@ -1,5 +1,6 @@
-"""Inference, one path for every command: a model from any saved form, the input windows around
-genomic positions, and predictions averaged over strands and shifts.
+"""Inference, one path for every command: the input windows around genomic positions, the tracks
+and head a command asks for, and predictions averaged over strands and shifts (a model from any
+saved form comes from saved/).
 
 `predict`, `evaluate`, `plot`, the demo and variant scoring all go through here, so a window is
 placed, padded and mapped back to the forward strand the same way everywhere.
@@ -14,70 +15,14 @@ import contextlib
 import difflib
 import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import Config, config_from_dict
 from .data.augment import COMPLEMENT, FixedView, window_margin
 from .errors import UserError
-from .model import Enformer, build_model
-from .model.weights import load_model
-
-
-@dataclass
-class Loaded:
-    """A model ready for inference and what its file says about how it was trained."""
-
-    model: Enformer  # in evaluation mode
-    path: str  # the file actually read (a run folder's latest checkpoint)
-    config: Config | None = None  # the run's config (checkpoints only)
-    step: int | None = None  # the training step (checkpoints only)
-
-    @property
-    def stores(self) -> dict[str, str]:
-        """{head: store folder} the model was trained on (empty for a plain weights file)."""
-        return dict(self.config.data.stores) if self.config else {}
-
-
-def resolve_saved(path: str | Path) -> tuple[str, Path]:
-    """What a saved model path is: ('weights', a .safetensors file), ('enformer-pytorch', an
-    enformer-pytorch / Hugging Face model folder, converted on loading) or ('checkpoint', a checkpoint
-    file or a run folder, whose latest checkpoint is meant; a run folder without checkpoints but
-    with model.safetensors is that weights file)."""
-    from .model.convert import is_enformer_pytorch_folder
-    from .train.checkpoint import list_checkpoints
-
-    path = Path(path)
-    if is_enformer_pytorch_folder(path):
-        return "enformer-pytorch", path
-    if path.suffix == ".safetensors":
-        return "weights", path
-    if path.is_dir() and not list_checkpoints(path) and (path / "model.safetensors").exists():
-        return "weights", path / "model.safetensors"
-    return "checkpoint", path
-
-
-def load(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
-    """A model from a .safetensors weights file, an enformer-pytorch / Hugging Face model folder
-    (converted in memory), a training checkpoint, or a run folder (its latest checkpoint). Raises UserError naming the file when it is none of these. A checkpoint of a run
-    with low-rank adapters gives the model with the adapters merged."""
-    from .model.lora import add_lora, merge_lora
-    from .train.checkpoint import load_checkpoint
-
-    device = torch.device(device)
-    kind, file = resolve_saved(path)
-    if kind in ("weights", "enformer-pytorch"):
-        return Loaded(load_model(file, device=device).eval(), str(file))
-    state = load_checkpoint(file, map_location=device)
-    config = config_from_dict(state["config"], where=state["path"])
-    model = build_model(config.model).to(device)
-    if any(".lora_" in k for k in state["model"]):
-        add_lora(model, config.train.lora_rank, list(config.train.lora_targets))
-    model.load_state_dict(state["model"])
-    return Loaded(merge_lora(model).eval(), state["path"], config, state["step"])
+from .model import Enformer
+from .saved import Loaded
 
 
 def choose_head(model: Enformer, organism: str | None) -> str:

@@ -7,7 +7,8 @@ from .data.augment import window_margin
 from .data.genome import Genome
 from .data.store import Store, track_rows
 from .errors import UserError
-from .infer import choose_head, flank, load, predict_codes, predict_region, select_tracks, targets_for
+from .infer import choose_head, flank, predict_codes, predict_region, select_tracks, targets_for
+from .saved import load
 from .plots import plot_tracks
 from .predict import parse_region
 

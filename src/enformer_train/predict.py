@@ -13,7 +13,8 @@ from .compiling import for_inference
 from .data.genome import Genome
 from .distributed import choose_device
 from .errors import UserError
-from .infer import choose_head, load, output_span, predict_region, select_tracks, targets_for
+from .infer import choose_head, output_span, predict_region, select_tracks, targets_for
+from .saved import load
 
 _REGION = re.compile(r"^([^:\s]+):([\d,]+)-([\d,]+)$")
 

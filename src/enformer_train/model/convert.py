@@ -227,6 +227,12 @@ def is_enformer_pytorch_folder(path: str | os.PathLike) -> bool:
             and any((path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")))
 
 
+def is_sonnet_checkpoint(path: str | os.PathLike) -> bool:
+    """A TensorFlow (Sonnet) checkpoint: its prefix (PREFIX.index beside it) or a folder holding one."""
+    path = Path(path)
+    return Path(str(path) + ".index").exists() or (path.is_dir() and any(path.glob("*.index")))
+
+
 def load_enformer_pytorch_folder(path: str | os.PathLike) -> Enformer:
     """The Enformer of an enformer-pytorch / Hugging Face folder, converted in memory (nothing is
     written; `enformer-train convert` writes it once as a model file). Sizes come from the tensors,
@@ -418,8 +424,7 @@ def import_model(src: str, fmt: str = "auto", target_length: int | None = None) 
     target_length = source_target_length(src, target_length)[0]
     path = Path(src)
     if fmt == "auto":
-        is_tf = Path(src + ".index").exists() or (path.is_dir() and any(path.glob("*.index")))
-        fmt = "sonnet" if is_tf else "enformer-pytorch"
+        fmt = "sonnet" if is_sonnet_checkpoint(src) else "enformer-pytorch"
     if fmt == "sonnet":
         prefix = src
         if path.is_dir():

@@ -30,12 +30,31 @@ def save_model(model: Enformer, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+def read_config(path: str | os.PathLike) -> dict:
+    """The model config saved in the project's weights file at `path`, as a dict (no tensor read)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such weights file")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    if meta.get(_FORMAT_KEY) != _FORMAT or _CONFIG_KEY not in meta:
+        raise UserError(f"{path}: safetensors file without an enformer-train config; "
+                        "import foreign weights with `enformer-train convert` first")
+    return json.loads(meta[_CONFIG_KEY])
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", **overrides) -> Enformer:
     """Build the model saved at `path` (config from the file, `overrides` on top) and load its weights.
     An enformer-pytorch / Hugging Face model folder (config.json + pytorch_model.bin or
     model.safetensors) is converted in memory."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import load_file
 
     from .convert import is_enformer_pytorch_folder, load_enformer_pytorch_folder
 
@@ -49,18 +68,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", **ov
             model = rebuilt
         return model.to(device)
     path = str(path)
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such weights file")
+    saved = read_config(path)
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
         tensors = load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get(_FORMAT_KEY) != _FORMAT or _CONFIG_KEY not in meta:
-        raise UserError(f"{path}: safetensors file without an enformer-train config; "
-                        "import foreign weights with `enformer-train convert` first")
-    config = EnformerConfig.from_dict({**json.loads(meta[_CONFIG_KEY]), **overrides}, source=path)
+    config = EnformerConfig.from_dict({**saved, **overrides}, source=path)
     with torch.device("meta"):
         model = build_model(config)
     _check_complete(model, tensors, path)

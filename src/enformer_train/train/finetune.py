@@ -24,37 +24,10 @@ from torch import nn
 from ..errors import UserError
 from ..model.batchnorm import CrossReplicaBatchNorm
 from ..model.lora import add_lora, has_lora, merge_lora
+from ..model.weights import load_weights
+from ..saved import load, model_config
 
 TRUNK = ("stem", "conv_tower", "transformer", "final_pointwise")
-
-
-def source_model_config(path: str | Path) -> dict:
-    """The model config stored with `path` (model file, checkpoint or run folder), as a dict."""
-    from ..infer import resolve_saved
-
-    kind, file = resolve_saved(path)
-    if kind == "enformer-pytorch":
-        from ..model.weights import load_model
-
-        return load_model(file).config.to_dict()
-    if kind == "weights":
-        import json
-
-        from safetensors import SafetensorError
-        from safetensors.torch import safe_open
-
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise UserError(f"train.init_from {file}: not a readable safetensors model ({e})") from None
-        if "enformer_train.config" not in meta:
-            raise UserError(f"train.init_from {file}: safetensors file without an enformer-train config; "
-                            "import foreign weights with `enformer-train convert` first")
-        return json.loads(meta["enformer_train.config"])
-    from .checkpoint import load_checkpoint
-
-    return dict(load_checkpoint(file)["config"]["model"])
 
 
 def load_run_config(path: str | None, overrides: list[str] = ()):
@@ -66,7 +39,7 @@ def load_run_config(path: str | None, overrides: list[str] = ()):
     train = d.get("train") if isinstance(d.get("train"), dict) else {}
     if train.get("init_from"):
         given = d.get("model") if isinstance(d.get("model"), dict) else {}
-        d["model"] = {**source_model_config(train["init_from"]), **given}
+        d["model"] = {**model_config(train["init_from"]), **given}
     return load_config(path, d=d)
 
 
@@ -77,9 +50,6 @@ def init_from(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     sizes otherwise) keep their initialisation, dropped ones are in the file only. A trunk tensor
     of another shape is a UserError naming it.
     """
-    from ..infer import load
-    from ..model.weights import load_weights
-
     source = load(path)
     tensors = source.model.state_dict()
     return load_weights(model, tensors, where=f"train.init_from {source.path}")

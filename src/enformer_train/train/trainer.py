@@ -30,7 +30,7 @@ from ..errors import Stopped, UserError
 from ..model import build_model
 from ..model.info import measure
 from ..model.weights import save_model
-from . import checkpoint as ckpt
+from ..saved import checkpoint as ckpt
 from . import finetune
 from .logging import MetricsLog
 from .loss import poisson_loss

@@ -22,7 +22,8 @@ from .. import chunks
 from ..compiling import for_inference
 from ..data.genome import Genome
 from ..errors import UserError
-from ..infer import choose_head, load, select_tracks, targets_for
+from ..infer import choose_head, select_tracks, targets_for
+from ..saved import load
 from .output import Layout, genes_path, write_output
 from .score import GENE_STATS, Scorer
 from .stats import PER_BIN, STATS
