@@ -35,7 +35,7 @@ def write_track(path: str, chrom_len: int, rng: np.random.Generator, gaps: float
 
 def read(backend: str, paths, spans):
     """Every span of every track through the project's reader (data/coverage.py) on `backend`."""
-    from enformer_train.data.coverage import BigWig
+    from enformer_train.data.formats.coverage import BigWig
 
     out = []
     for path in paths:

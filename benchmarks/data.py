@@ -24,10 +24,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from enformer_train.data.basenji import BasenjiRecords  # noqa: E402
-from enformer_train.data.prepare import prepare  # noqa: E402
+from enformer_train.data.formats.basenji import BasenjiRecords  # noqa: E402
+from enformer_train.data.producers.prepare import prepare  # noqa: E402
 from enformer_train.data.store import Store, sequence_file, target_file  # noqa: E402
-from enformer_train.data.synthetic import BarnyardConfig, write_barnyard  # noqa: E402
+from enformer_train.demo.synthetic import BarnyardConfig, write_barnyard  # noqa: E402
 
 SEQUENCE_LENGTH = 196_608
 FORWARD_FLOPS = 2.2e12  # full Enformer, one 196,608-bp sample

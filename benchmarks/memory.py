@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
     args = parser.parse_args()
 
-    from enformer_train.data.prepare import prepare
-    from enformer_train.data.synthetic import BarnyardConfig, write_barnyard
+    from enformer_train.data.producers.prepare import prepare
+    from enformer_train.demo.synthetic import BarnyardConfig, write_barnyard
     from enformer_train.demo import packaged_config
 
     root = Path(args.out).resolve()

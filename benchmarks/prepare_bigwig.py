@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--chunk", type=int, default=8, help="regions per task (prepare's default is 32)")
     args = parser.parse_args()
-    from enformer_train.data.coverage import BigWig, read_tracks, region_targets
-    from enformer_train.data.coverage_prepare import prepare_coverage
+    from enformer_train.data.formats.coverage import BigWig, read_tracks, region_targets
+    from enformer_train.data.producers.coverage_prepare import prepare_coverage
 
     rng = np.random.default_rng(0)
     size = int(args.chrom_mb * 1e6)

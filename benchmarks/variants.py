@@ -123,7 +123,7 @@ def _rss() -> int:
 
 def read_pass(sizes: list[int]) -> None:
     """Seconds and the growth of resident memory during one streaming pass over VCFs of `sizes` SNVs."""
-    from enformer_train.data.genome import Genome
+    from enformer_train.data.formats.genome import Genome
     from enformer_train.variants.vcf import Vcf
 
     print("one streaming pass over the VCF (parse, REF checked against the FASTA, chunks of 256)")

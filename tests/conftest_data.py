@@ -9,9 +9,9 @@ import tempfile
 
 import pytest
 
-from enformer_train.data.crc32c import _TABLE_LIST
-from enformer_train.data.prepare import prepare
-from enformer_train.data.synthetic import BarnyardConfig, write_barnyard
+from enformer_train.data.formats.crc32c import _TABLE_LIST
+from enformer_train.data.producers.prepare import prepare
+from enformer_train.demo.synthetic import BarnyardConfig, write_barnyard
 
 TINY_SEQUENCE_LENGTH = 6144  # 4,096-bp records extended by 1,024 bp each side
 _CACHE: dict = {}

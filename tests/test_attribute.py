@@ -13,7 +13,7 @@ import torch
 from enformer_train import Enformer, save_model
 from enformer_train.attribute import Target, input_grad, integrated_gradients, parse_bins
 from enformer_train.cli import main
-from enformer_train.data.genome import encode
+from enformer_train.data.formats.genome import encode
 from model_helpers import randomise_, tiny_config
 
 LENGTH = 1024  # tiny_config: 8 bins of 128 bp in, 4 out

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from enformer_train.cli import main
-from enformer_train.data.basenji import BasenjiRecords, write_records
-from enformer_train.data.genome import Genome, decode
-from enformer_train.data.prepare import pool_targets, prepare
+from enformer_train.data.formats.basenji import BasenjiRecords, write_records
+from enformer_train.data.formats.genome import Genome, decode
+from enformer_train.data.producers.prepare import pool_targets, prepare
 from enformer_train.data.store import Store
 from enformer_train.errors import UserError
 

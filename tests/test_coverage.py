@@ -11,11 +11,11 @@ import pytest
 pyBigWig = pytest.importorskip("pyBigWig")
 
 from enformer_train.cli import main
-from enformer_train.data import coverage
-from enformer_train.data.coverage import (BigWig, Track, baseline, blacklist_in, check_chromosomes,
+from enformer_train.data.formats import coverage
+from enformer_train.data.formats.coverage import (BigWig, Track, baseline, blacklist_in, check_chromosomes,
                                           coverage_targets, pool, read_blacklist, read_tracks, region_targets)
-from enformer_train.data.genome import Genome
-from enformer_train.data.regions import read_regions, tile
+from enformer_train.data.formats.genome import Genome
+from enformer_train.data.producers.regions import read_regions, tile
 from enformer_train.errors import UserError
 
 

@@ -13,8 +13,8 @@ pyBigWig = pytest.importorskip("pyBigWig")
 
 from conftest_data import TINY_SEQUENCE_LENGTH, barnyard_dir, store_dir
 from enformer_train.cli import main as cli_main
-from enformer_train.data import coverage_prepare
-from enformer_train.data.coverage_prepare import prepare_coverage
+from enformer_train.data.producers import coverage_prepare
+from enformer_train.data.producers.coverage_prepare import prepare_coverage
 from enformer_train.data.store import Store
 from enformer_train.errors import UserError
 from enformer_train.train.logging import read_metrics

@@ -9,7 +9,7 @@ from conftest_data import store_dir
 from enformer_train.data.augment import (Augment, FixedView, augment, crop, reverse_complement,
                                          reverse_complement_one_hot, reverse_targets)
 from enformer_train.codes import one_hot
-from enformer_train.data.genome import decode, encode
+from enformer_train.data.formats.genome import decode, encode
 from enformer_train.data.loader import Loader, to_device
 from enformer_train.data.store import Store
 

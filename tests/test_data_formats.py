@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from conftest_data import crc32c_reference
-from enformer_train.data.basenji import BasenjiRecords, encode_example, onehot_to_codes, parse_example, write_records
-from enformer_train.data.crc32c import crc32c, masked_crc32c
+from enformer_train.data.formats.basenji import BasenjiRecords, encode_example, onehot_to_codes, parse_example, write_records
+from enformer_train.data.formats.crc32c import crc32c, masked_crc32c
 from enformer_train.codes import one_hot
-from enformer_train.data.genome import Genome, decode, encode
-from enformer_train.data.intervals import by_split, read_bed
-from enformer_train.data.targets import read_targets, strand_pairs
-from enformer_train.data.tfrecord import TFRecordWriter, detect_compression, read_tfrecords
+from enformer_train.data.formats.genome import Genome, decode, encode
+from enformer_train.data.formats.intervals import by_split, read_bed
+from enformer_train.data.formats.targets import read_targets, strand_pairs
+from enformer_train.data.formats.tfrecord import TFRecordWriter, detect_compression, read_tfrecords
 from enformer_train.errors import UserError
 
 

@@ -11,10 +11,10 @@ import pytest
 
 from conftest_data import TINY_SEQUENCE_LENGTH, barnyard_copy, barnyard_dir, store_dir  # noqa: F401 (fixture)
 from enformer_train.cli import main as cli_main
-from enformer_train.data.basenji import BasenjiRecords, onehot_to_codes, write_records
-from enformer_train.data.genome import Genome
-from enformer_train.data.intervals import by_split, read_bed
-from enformer_train.data.prepare import prepare
+from enformer_train.data.formats.basenji import BasenjiRecords, onehot_to_codes, write_records
+from enformer_train.data.formats.genome import Genome
+from enformer_train.data.formats.intervals import by_split, read_bed
+from enformer_train.data.producers.prepare import prepare
 from enformer_train.data.store import Store
 from enformer_train.errors import UserError
 
@@ -264,7 +264,7 @@ def test_store_refuses_missing_and_damaged(tmp_path):
 
 def test_store_writer_for_another_producer(tmp_path):
     """A producer other than prepare: regions in, samples written out of order, resume, manifest."""
-    from enformer_train.data.intervals import Region
+    from enformer_train.data.formats.intervals import Region
     from enformer_train.data.store import StoreWriter
 
     regions = {"valid": [Region("chr1", 100, 116, "valid", 1), Region("chr2", 0, 16, "valid", 2)]}

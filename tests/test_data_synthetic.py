@@ -8,11 +8,11 @@ import re
 import numpy as np
 
 from conftest_data import barnyard_dir
-from enformer_train.data.basenji import BasenjiRecords, Statistics, onehot_to_codes
-from enformer_train.data.tfrecord import read_tfrecords
-from enformer_train.data.genome import build_fai, decode
-from enformer_train.data.synthetic import MOTIF_LENGTH, BarnyardConfig, _Organism, motifs
-from enformer_train.data.targets import read_strand_pairs
+from enformer_train.data.formats.basenji import BasenjiRecords, Statistics, onehot_to_codes
+from enformer_train.data.formats.tfrecord import read_tfrecords
+from enformer_train.data.formats.genome import build_fai, decode
+from enformer_train.demo.synthetic import MOTIF_LENGTH, BarnyardConfig, _Organism, motifs
+from enformer_train.data.formats.targets import read_strand_pairs
 
 
 def test_files_in_upstream_formats():

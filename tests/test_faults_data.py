@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest_data import TINY_SEQUENCE_LENGTH, barnyard_copy, barnyard_dir, store_dir  # noqa: F401 (fixture)
-from enformer_train.data import prepare as prepare_module
+from enformer_train.data.producers import prepare as prepare_module
 from enformer_train.errors import UserError
 
 _convert_file = prepare_module._convert_file
@@ -58,7 +58,7 @@ def test_a_killed_worker_ends_prepare_naming_its_file_and_a_rerun_gives_the_same
 
 def _poison(folder, file_number, record, track, value):
     """Put `value` into a target of one record of a train file (bin 5 of `track`)."""
-    from enformer_train.data.basenji import BasenjiRecords, write_records
+    from enformer_train.data.formats.basenji import BasenjiRecords, write_records
 
     path = os.path.join(folder, "tfrecords", f"train-{file_number}.tfr")
     records = list(BasenjiRecords(folder, "train").iter_file(path))

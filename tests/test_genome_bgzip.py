@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from enformer_train.cli import main
-from enformer_train.data.genome import Genome, decode
+from enformer_train.data.formats.genome import Genome, decode
 from enformer_train.errors import UserError
 
 pysam = pytest.importorskip("pysam")

@@ -9,7 +9,7 @@ from conftest_data import barnyard_dir
 from enformer_train import Enformer, save_model
 from enformer_train.cli import main
 from enformer_train.compiling import MIN_TORCH, torch_version
-from enformer_train.data.genome import Genome
+from enformer_train.data.formats.genome import Genome
 from model_helpers import randomise_, tiny_config
 
 

@@ -12,7 +12,7 @@ import torch
 from enformer_train import Enformer, save_model
 from enformer_train.cli import main
 from enformer_train.compiling import MIN_TORCH, torch_version
-from enformer_train.data.genome import encode
+from enformer_train.data.formats.genome import encode
 from model_helpers import randomise_, tiny_config
 
 h5py = pytest.importorskip("h5py")
@@ -481,8 +481,8 @@ DENSE_MODEL = ["model.channels=32", "model.num_conv_tower_blocks=3", "model.num_
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from enformer_train.data.prepare import prepare
-    from enformer_train.data.synthetic import BarnyardConfig, write_barnyard
+    from enformer_train.data.producers.prepare import prepare
+    from enformer_train.demo.synthetic import BarnyardConfig, write_barnyard
     from train_helpers import env
 
     root = tmp_path_factory.mktemp("trained")
@@ -506,8 +506,8 @@ def trained(tmp_path_factory):
 def _barnyard_variants(config, fasta: str, per_motif: int = 3, free: int = 6):
     """VCF rows that destroy a promoter motif (its middle base changed), with the true SAD of each
     track from the barnyard's own rates, and rows at least 100 bp from every motif (true SAD 0)."""
-    from enformer_train.data.genome import Genome, decode
-    from enformer_train.data.synthetic import MOTIF_LENGTH, _Organism, motifs
+    from enformer_train.data.formats.genome import Genome, decode
+    from enformer_train.demo.synthetic import MOTIF_LENGTH, _Organism, motifs
 
     organism = _Organism("human", config, seed=config.seed * 1000)
     genome = Genome(fasta)

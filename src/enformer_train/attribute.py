@@ -41,7 +41,7 @@ import torch
 
 from . import chunks
 from .data.augment import COMPLEMENT
-from .data.genome import Genome
+from .data.formats.genome import Genome
 from .errors import UserError
 from .files import atomic_write
 from .infer import choose_head, flank, output_span, predict_codes, select_tracks, targets_for, to_forward_strand, tta_views
@@ -421,7 +421,7 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
                   force: bool = False, collective_timeout_s: float = 600.0) -> dict | None:
     """`enformer-train attribute` (under torchrun too). Rank 0 writes `out` (and `plot`) and returns
     a summary (regions, written files, per-region target values); other ranks return None."""
-    from .data.targets import strand_pairs
+    from .data.formats.targets import strand_pairs
     from .predict import parse_region
     from .progress import progress
     from .distributed import barrier, setup, teardown

@@ -37,7 +37,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> None:
     splits = tuple(s for s in args.splits.split(",") if s)
     if args.targets:
-        from .data.coverage_prepare import prepare_coverage
+        from .data.producers.coverage_prepare import prepare_coverage
 
         if not args.regions:
             raise UserError("--targets needs --regions BED (chrom, start, end, split); "
@@ -50,7 +50,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
             transform=args.transform or "basenji", workers=args.workers, splits=splits, restart=args.restart,
             progress=not args.no_progress, nonfinite_targets=args.nonfinite_targets)
     else:
-        from .data.prepare import prepare
+        from .data.producers.prepare import prepare
 
         for flag, value in (("--regions", args.regions), ("--blacklist", args.blacklist),
                             ("--target-length", args.target_length), ("--transform", args.transform)):
@@ -69,7 +69,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_regions(args: argparse.Namespace) -> None:
-    from .data.regions import run_regions
+    from .data.producers.regions import run_regions
 
     run_regions(args.fasta, args.length, args.stride, args.valid_chroms, args.test_chroms, args.max_n, args.blacklist)
 
@@ -382,15 +382,15 @@ def _add_plot(sub) -> None:
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="build the 196,608-bp training store from a FASTA and Basenji records "
                                          "(--basenji) or bigWigs (--targets)")
-    from .data.intervals import SPLITS
-    from .data.prepare import DEFAULT_SEQUENCE_LENGTH
+    from .data.formats.intervals import SPLITS
+    from .data.producers.prepare import DEFAULT_SEQUENCE_LENGTH
 
     p.add_argument("--organism", required=True, help="name of the organism / head, e.g. human or mouse")
     p.add_argument("--fasta", required=True, help="genome FASTA (hg38.ml.fa, mm10.ml.fa), plain or bgzipped (.fa.gz); its index is built if missing")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--basenji", metavar="DIR",
                         help="Basenji organism folder (statistics.json, targets.txt, tfrecords/); local or a fsspec URL such as gs://")
-    from .data.coverage import TRANSFORMS
+    from .data.formats.coverage import TRANSFORMS
 
     source.add_argument("--targets", metavar="TARGETS_TXT",
                         help="a targets.txt naming bigWig files (Basenji's columns: index, identifier, file, clip, "

@@ -37,7 +37,7 @@ def targets_for(loaded: Loaded, head: str, path: str | None = None) -> list[dict
     """Rows of targets.txt for `head`: `path` (--targets) when given, else the training store's when
     it is still there, else None (tracks are then known by index only)."""
     from .data.store import targets_path
-    from .data.targets import read_targets
+    from .data.formats.targets import read_targets
 
     if path:
         if not os.path.exists(path):

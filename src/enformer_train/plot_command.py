@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data.augment import window_margin
-from .data.genome import Genome
+from .data.formats.genome import Genome
 from .data.store import Store, track_rows
 from .errors import UserError
 from .infer import choose_head, flank, predict_codes, predict_region, select_tracks, targets_for

@@ -10,7 +10,7 @@ import re
 import numpy as np
 
 from .compiling import for_inference
-from .data.genome import Genome
+from .data.formats.genome import Genome
 from .distributed import choose_device
 from .errors import UserError
 from .infer import choose_head, output_span, predict_region, select_tracks, targets_for

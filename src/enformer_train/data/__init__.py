@@ -1,13 +1,16 @@
-"""Everything between the files users download and the batches the trainer consumes.
+"""Everything between the files users download and the batches the trainer consumes, in layers:
 
-    tfrecord.py    TFRecord framing, CRCs, compression      basenji.py     Example records, statistics.json, folders
-    genome.py      FASTA + .fai -> uint8 codes              intervals.py   sequences.bed
-    targets.py     targets.txt, strand pairs                 store.py       the training store: Store, StoreWriter
-    prepare.py     records + FASTA -> store                  augment.py     shift / reverse complement, windows
-    loader.py      sharded, resumable batches; to_device     synthetic.py   the demo barnyard
-    coverage.py    bigWig coverage -> Basenji's targets      regions.py     tiling a genome, checking a regions BED
-    coverage_prepare.py   bigWigs + FASTA + regions -> store
-    pool.py        the producers' worker processes (a dead worker ends the run, naming its task)
+    formats/     the files themselves: tfrecord.py (TFRecord framing, CRCs: crc32c.py), basenji.py
+                 (Example records, statistics.json), genome.py (FASTA -> uint8 codes), intervals.py
+                 (sequences.bed), targets.py (targets.txt, strand pairs), coverage.py (bigWig coverage
+                 -> Basenji's targets)
+    store.py     the training store: Store (reading), StoreWriter (what producers write with)
+    producers/   what makes a store: prepare.py (Basenji records + FASTA), coverage_prepare.py (bigWigs
+                 + FASTA + regions), regions.py (tiling a genome, checking a regions BED), pool.py (the
+                 worker processes; a dead worker ends the run, naming its task)
+    augment.py, loader.py   the runtime: shift / reverse complement, windows; sharded, resumable
+                 batches and to_device
 
+A layer imports only the layers above it in this list. The demo's synthetic barnyard is demo/synthetic.py.
 Import from the modules themselves; this package exports nothing.
 """

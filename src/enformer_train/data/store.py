@@ -27,8 +27,8 @@ import numpy as np
 
 from .. import files
 from ..errors import UserError
-from .intervals import SPLITS, Region
-from .targets import read_strand_pairs, read_targets
+from .formats.intervals import SPLITS, Region
+from .formats.targets import read_strand_pairs, read_targets
 
 FORMAT = "enformer-train-store"
 FORMAT_VERSION = 1

@@ -20,7 +20,7 @@ import torch
 
 from .. import chunks
 from ..compiling import for_inference
-from ..data.genome import Genome
+from ..data.formats.genome import Genome
 from ..errors import UserError
 from ..infer import choose_head, select_tracks, targets_for
 from ..saved import load
@@ -199,7 +199,7 @@ class Run:
 def plan_run(o: ScoreOptions, world) -> Run:
     """Loads the model and the inputs, checks every record of the VCF in a first streaming pass and
     cuts it into chunks; refuses (one line) what would fail later, before any output exists."""
-    from ..data.targets import strand_pairs
+    from ..data.formats.targets import strand_pairs
 
     stats = parse_stats(o.stats)
     shifts = parse_shifts(o.shifts)

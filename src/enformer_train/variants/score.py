@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data.genome import Genome
+from ..data.formats.genome import Genome
 from ..infer import predict_codes, tta_views
 from .genes import Annotation, nearest_tss, score_genes
 from .stats import PER_BIN, compute_scores

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..data.genome import Genome, decode, encode
+from ..data.formats.genome import Genome, decode, encode
 from ..errors import UserError
 from .names import NameMap
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.genome import Genome, encode
+from ..data.formats.genome import Genome, encode
 from .vcf import Variant
 
 CENTERS = {"project": 0, "basenji": 1}  # how far left of index L/2 the variant's first base sits

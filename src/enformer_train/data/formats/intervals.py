@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
-from .. import files
+from ...errors import UserError
+from ... import files
 
 SPLITS = ("train", "valid", "test")
 

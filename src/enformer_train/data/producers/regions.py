@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 
-from ..errors import UserError
-from .coverage import POOL_WIDTH, blacklist_in, read_blacklist
-from .genome import N, Genome
-from .intervals import SPLITS, Region, read_bed
+from ...errors import UserError
+from ..formats.coverage import POOL_WIDTH, blacklist_in, read_blacklist
+from ..formats.genome import N, Genome
+from ..formats.intervals import SPLITS, Region, read_bed
 
 
 def tile(genome: Genome, length: int, stride: int | None = None, valid_chroms=(), test_chroms=(),

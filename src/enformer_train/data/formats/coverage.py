@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UserError
-from .. import files
+from ...errors import UserError
+from ... import files
 
 POOL_WIDTH = 128
 BLACKLIST_WIDEN = 20  # bp added each side of a blacklist interval (baskerville's black_buffer)

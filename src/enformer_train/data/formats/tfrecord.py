@@ -12,8 +12,8 @@ import struct
 import zlib
 from typing import IO, Iterator
 
-from ..errors import UserError
-from .. import files
+from ...errors import UserError
+from ... import files
 from .crc32c import masked_crc32c
 
 _READ_CHUNK = 1 << 20

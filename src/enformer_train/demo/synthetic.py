@@ -1,7 +1,7 @@
 """A synthetic barnyard in Basenji's formats exactly, with targets a model can learn.
 
     write_barnyard(out, BarnyardConfig.tiny())   # tests: 4,096-bp records, 16 bins of 128 bp
-    python -m enformer_train.data.synthetic OUT --preset demo
+    python -m enformer_train.demo.synthetic OUT --preset demo
 
 writes, for a "human" and a "mouse" genome:
 
@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..codes import one_hot
-from .basenji import write_records
-from .genome import encode
+from ..data.formats.basenji import write_records
+from ..data.formats.genome import encode
 
 SPLITS = ("train", "valid", "test")
 MOTIF_LENGTH = 10

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
-from .. import files
+from ...errors import UserError
+from ... import files
 
 
 def read_targets(path: str) -> list[dict[str, str]]:

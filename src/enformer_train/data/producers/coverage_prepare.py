@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 import signal
 
-from .. import files
-from ..errors import UserError
-from .coverage import POOL_WIDTH, BigWig, check_chromosomes, read_blacklist, read_tracks, region_targets
-from .genome import Genome
-from .intervals import SPLITS, by_split
+from ... import files
+from ...errors import UserError
+from ..formats.coverage import POOL_WIDTH, BigWig, check_chromosomes, read_blacklist, read_tracks, region_targets
+from ..formats.genome import Genome
+from ..formats.intervals import SPLITS, by_split
 from .pool import producer_results
 from .regions import read_regions, target_start
-from .store import StoreWriter, check_targets
+from ..store import StoreWriter, check_targets
 
 CHUNK = 32  # regions per task: each bigWig is opened once per task
 
@@ -58,7 +58,7 @@ def prepare_coverage(out: str, organism: str, fasta: str, targets: str, regions:
                      progress: bool = True, nonfinite_targets: str = "refuse") -> dict:
     """Write the store `out` from bigWigs (the regions of `splits` only); returns its manifest. See the
     module docstring."""
-    from ..progress import progress as progress_bar
+    from ...progress import progress as progress_bar
 
     if sequence_length <= 0 or target_length <= 0 or max_shift < 0 or chunk <= 0:
         raise UserError("--context and --target-length must be positive and --max-shift >= 0")

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator
 
-from ..errors import UserError
+from ...errors import UserError
 
 _started = None  # in a worker: the queue on which it says (pid, task index) when it starts a task
 

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import UserError
-from .. import files
+from ...errors import UserError
+from ... import files
 from .tfrecord import TFRecordWriter, read_tfrecords
 
 # ---------------------------------------------------------------------------------------------
