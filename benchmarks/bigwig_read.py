@@ -34,7 +34,7 @@ def write_track(path: str, chrom_len: int, rng: np.random.Generator, gaps: float
 
 
 def read(backend: str, paths, spans):
-    """Every span of every track through the project's reader (data/coverage.py) on `backend`."""
+    """Every span of every track through the project's reader (data/formats/coverage.py) on `backend`."""
     from enformer_train.data.formats.coverage import BigWig
 
     out = []

@@ -1,6 +1,6 @@
 """The one-hot table of base codes (A=0, C=1, G=2, T=3, N=4), the project's one alphabet.
 
-Sequences travel as uint8 codes as far as the device (data/genome.py makes them from FASTA); this
+Sequences travel as uint8 codes as far as the device (data/formats/genome.py makes them from FASTA); this
 table turns them into the model's [..., length, 4] input, N being all zeros. numpy only, so that
 data/ reads files without torch; model/enformer.py's `one_hot` makes its device copy from it.
 """
