@@ -11,7 +11,7 @@ import torch
 
 from enformer_train import Enformer, EnformerConfig
 from enformer_train.compiling import MIN_TORCH, torch_version
-from enformer_train.train.logging import read_metrics
+from enformer_train.train.metrics_log import read_metrics
 from enformer_train.train.loss import poisson_loss
 from model_helpers import no_dropout, tiny_config
 from train_helpers import overrides, run

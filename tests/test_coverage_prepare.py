@@ -17,7 +17,7 @@ from enformer_train.data.producers import coverage_prepare
 from enformer_train.data.producers.coverage_prepare import prepare_coverage
 from enformer_train.data.store import Store
 from enformer_train.errors import UserError
-from enformer_train.train.logging import read_metrics
+from enformer_train.train.metrics_log import read_metrics
 from train_helpers import TINY_MODEL, run
 
 SPLITS = ("train", "valid", "test")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from conftest_data import store_dir
-from enformer_train.data.loader import Loader, Paired, Shard, rank_share
+from enformer_train.data.loader import Loader, Shard, rank_share
 from enformer_train.data.store import Store
 from enformer_train.errors import UserError
 
@@ -111,21 +111,6 @@ def test_batches_do_not_depend_on_worker_count():
     a = [b for _, b in zip(range(6), Loader(store, 7, train=True, seed=1, num_workers=0))]
     b = [b for _, b in zip(range(6), Loader(store, 7, train=True, seed=1, num_workers=2))]
     assert all(_same(x, y) for x, y in zip(a, b))
-
-
-def test_paired_human_and_mouse_step_by_step():
-    human = Loader(Store(store_dir("human"), "train"), 8, train=True, seed=2)
-    mouse = Loader(Store(store_dir("mouse"), "train"), 8, train=True, seed=2)
-    paired = Paired({"human": human, "mouse": mouse})
-    steps = [s for _, s in zip(range(3), paired)]
-    assert steps[0]["human"]["target"].shape == (8, 16, 8) and steps[0]["mouse"]["target"].shape == (8, 16, 6)
-    state = paired.state_dict()
-    assert state["human"]["position"] == state["mouse"]["position"] == 3
-    again = Paired({"human": Loader(Store(store_dir("human"), "train"), 8, train=True, seed=2),
-                    "mouse": Loader(Store(store_dir("mouse"), "train"), 8, train=True, seed=2)})
-    again.load_state_dict(state)
-    nxt, ref = next(iter(again)), next(iter(paired))
-    assert _same(nxt["human"], ref["human"]) and _same(nxt["mouse"], ref["mouse"])
 
 
 def test_loader_errors():

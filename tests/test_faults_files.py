@@ -274,7 +274,7 @@ def test_a_stop_with_a_full_disk_and_no_checkpoint_yet_says_nothing_could_be_sav
 def test_no_space_for_metrics_is_one_line_and_a_torn_last_line_is_dropped_on_resume(tmp_path, capsys, monkeypatch):
     import json
 
-    from enformer_train.train.logging import MetricsLog, read_metrics
+    from enformer_train.train.metrics_log import MetricsLog, read_metrics
 
     log = MetricsLog(tmp_path, True, None, tensorboard=False)
     log.log(1, {"loss": 1.0})

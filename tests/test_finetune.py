@@ -18,7 +18,7 @@ from enformer_train.errors import UserError
 from enformer_train.model.lora import add_lora
 from enformer_train.saved.checkpoint import load_checkpoint
 from enformer_train.train.finetune import load_run_config
-from enformer_train.train.logging import read_metrics
+from enformer_train.train.metrics_log import read_metrics
 from enformer_train.train.trainer import Trainer, train
 from model_helpers import randomise_
 

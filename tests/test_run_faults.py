@@ -16,7 +16,7 @@ import torch
 from conftest_data import store_dir
 from enformer_train.data.store import Store
 from enformer_train.saved.checkpoint import list_checkpoints, load_checkpoint
-from enformer_train.train.logging import read_metrics
+from enformer_train.train.metrics_log import read_metrics
 from enformer_train.train.loss import poisson_loss, poisson_terms
 from train_helpers import alive, command, env, overrides, rank_of, run
 

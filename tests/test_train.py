@@ -15,7 +15,7 @@ from conftest_data import store_dir
 from enformer_train.data.loader import Loader
 from enformer_train.data.store import Store
 from enformer_train.saved.checkpoint import list_checkpoints, load_checkpoint
-from enformer_train.train.logging import read_metrics
+from enformer_train.train.metrics_log import read_metrics
 from train_helpers import command, env, overrides, run, threads_of_one_in
 
 

@@ -149,7 +149,7 @@ def known_keys() -> list[str]:
     return [f"{section}.{f.name}" for cls, section in _SECTION_OF.items() for f in fields(cls)]
 
 
-def _did_you_mean(name: str, candidates: list[str]) -> str:
+def did_you_mean(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
 
@@ -245,7 +245,7 @@ def _build(cls, values: dict, where: str):
     if unknown:
         what = "model option(s)" if cls is EnformerConfig else "option(s)"
         section = _SECTION_OF[cls]
-        hint = _did_you_mean(f"{section}.{unknown[0]}", [f"{section}.{k}" for k in known])
+        hint = did_you_mean(f"{section}.{unknown[0]}", [f"{section}.{k}" for k in known])
         listed = "; known: " + ", ".join(known)
         raise UserError(f"{where}: unknown {what} {', '.join(unknown)}{hint or listed}")
     if cls is TrainConfig and "adam_betas" in values:
@@ -274,7 +274,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         *parents, leaf = key.split(".")
         dotted = ".".join(key.split(".")[:2])  # section.key; deeper parts are inside a mapping
         if dotted not in known_keys():
-            raise UserError(f"override {item!r}: unknown option {dotted}{_did_you_mean(dotted, known_keys())}"
+            raise UserError(f"override {item!r}: unknown option {dotted}{did_you_mean(dotted, known_keys())}"
                             if parents[0] in SECTIONS else
                             f"override {item!r}: unknown section {parents[0]!r}; sections are model, data, train")
         node = d

@@ -87,7 +87,7 @@ def flank(model: Enformer) -> int:
     return (model.config.sequence_length - output_span(model)) // 2
 
 
-def tile(model: Enformer, start: int, end: int) -> tuple[list[int], int]:
+def output_windows(model: Enformer, start: int, end: int) -> tuple[list[int], int]:
     """Input window starts whose output spans cover [start, end), centred on it, and the start of
     the first output span. A region longer than one span gets adjacent windows."""
     span = output_span(model)
@@ -159,7 +159,7 @@ def predict_region(model: Enformer, genome, chrom: str, start: int, end: int, he
 
     if chrom not in genome:
         raise UserError(f"{genome.path}: no sequence named {chrom!r}")
-    starts, span_start = tile(model, start, end)
+    starts, span_start = output_windows(model, start, end)
     out = []
     with progress(len(starts), "predict", "window", enabled=show_progress and len(starts) > 1) as bar:
         for i in range(0, len(starts), batch_size):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .train.logging import read_metrics
+from .train.metrics_log import read_metrics
 
 
 def _pyplot():

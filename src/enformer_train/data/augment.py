@@ -24,11 +24,6 @@ def reverse_complement(codes: np.ndarray) -> np.ndarray:
     return COMPLEMENT[np.asarray(codes)[..., ::-1]]
 
 
-def reverse_complement_one_hot(one_hot: np.ndarray) -> np.ndarray:
-    """[..., length, 4] one-hot in ACGT order -> reverse complement: reverse both axes."""
-    return one_hot[..., ::-1, ::-1]
-
-
 def reverse_targets(targets: np.ndarray, strand_pair: np.ndarray | None = None) -> np.ndarray:
     """[..., positions, tracks] targets of a reverse-complemented sequence: positions reversed, and
     each stranded track takes its partner's values (strand_pair from targets.strand_pairs)."""

@@ -219,25 +219,6 @@ class Loader:
         self._handed_out = state["epoch"] * self._steps + state["position"]
 
 
-class Paired:
-    """Several loaders stepped together: each step {name: batch} (one human and one mouse batch)."""
-
-    def __init__(self, loaders: dict[str, Loader]):
-        self.loaders = loaders
-
-    def __iter__(self) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
-        names = list(self.loaders)
-        for batches in zip(*(self.loaders[n] for n in names)):
-            yield dict(zip(names, batches))
-
-    def state_dict(self) -> dict:
-        return {name: loader.state_dict() for name, loader in self.loaders.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, loader in self.loaders.items():
-            loader.load_state_dict(state[name])
-
-
 def to_device(batch: dict, device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict:
     """Move a batch to `device`: 'sequence' becomes one-hot [batch, length, 4] of `dtype` (N = zeros)
     and 'target' float32 there; the conversions run on the device, after the small uint8 copy."""

@@ -80,7 +80,7 @@ def run_demo(out: str = "enformer-demo", steps: int | None = None, nproc: int = 
     from ..data.producers.prepare import prepare
     from .synthetic import BarnyardConfig, write_barnyard
     from ..plots import plot_training
-    from ..train.logging import read_metrics
+    from ..train.metrics_log import read_metrics
 
     root = Path(out).resolve()
     barnyard, run_dir = root / "barnyard", fresh_run_dir(root)

@@ -18,7 +18,6 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import UserError
@@ -109,18 +108,15 @@ def adapt(model: nn.Module, rank: int, targets: list[str]) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
 
 
-def plain_copy(model: nn.Module) -> nn.Module:
-    """The model with its adapters merged, as a copy (the model itself keeps training)."""
+def plain_model(model: nn.Module) -> nn.Module:
+    """The model as it is saved, without adapters: with low-rank adapters a merged copy (the model
+    itself keeps training), else the model itself."""
     return merge_lora(copy.deepcopy(model)) if has_lora(model) else model
 
 
 def trainable(model: nn.Module) -> dict[str, int]:
     return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total": sum(p.numel() for p in model.parameters())}
-
-
-def head_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
-    return [p for n, p in model.named_parameters() if n.startswith("heads.") and p.requires_grad]
 
 
 @dataclass

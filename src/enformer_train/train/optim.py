@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..config import _did_you_mean
+from ..config import did_you_mean
 from ..errors import UserError
 
 
@@ -33,7 +33,7 @@ def make_optimizer(model: torch.nn.Module, cfg, note=None) -> torch.optim.Optimi
             continue
         modules = sorted({n.split(".")[0] for n, _ in named})
         owners = sorted({n.rsplit(".", 1)[0] for n, _ in named} | set(modules))
-        hint = _did_you_mean(path, owners) or f"; paths start with {', '.join(modules)}"
+        hint = did_you_mean(path, owners) or f"; paths start with {', '.join(modules)}"
         raise UserError(f"train.learning_rate_multipliers.{path}: no module {path!r} in the model{hint}")
     groups: dict[tuple, list] = {}  # by (head group, factor), in the model's parameter order
     for name, p in trainable:

@@ -32,7 +32,7 @@ from ..model.info import measure
 from ..model.weights import save_model
 from ..saved import checkpoint as ckpt
 from . import finetune
-from .logging import MetricsLog
+from .metrics_log import MetricsLog
 from .loss import poisson_loss
 from .optim import learning_rate, make_optimizer
 from .run_lock import RunFolderBusy, lock_run_folder, unlock_run_folder
@@ -433,7 +433,7 @@ class Trainer:
                     self._report_nonfinite(f"stopped by {signal.Signals(signum).name}, checkpoint {path.name}")
                     raise Stopped(signum, str(path))
             if self.world.is_main:
-                save_model(finetune.plain_copy(self.model), self.run_dir / "model.safetensors")
+                save_model(finetune.plain_model(self.model), self.run_dir / "model.safetensors")
             barrier("the barrier after saving the model")
             self._report_nonfinite("finished")
             return last_eval
