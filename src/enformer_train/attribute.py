@@ -426,49 +426,8 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
     from .progress import progress
     from .distributed import barrier, setup, teardown
 
-    if method not in METHODS:
-        raise UserError(f"--method {method!r}: expected {', '.join(METHODS)}")
-    if not out.endswith(_FORMATS):
-        raise UserError(f"--out {out}: expected .npz, .h5 or .bw (bigWig of the per-base scores)")
-    if transform not in (None, "", "log1p"):
-        raise UserError(f"--transform {transform!r}: expected log1p (or none)")
-    if (region is None) == (regions is None):
-        raise UserError("give --region CHROM:START-END or --regions BED (one of them)")
-    if ism_region and method != "ism":
-        raise UserError("--ism-region goes with --method ism")
-    if mean_center and method != "input-grad":
-        raise UserError("--mean-center goes with --method input-grad (it centres the gradient before the input "
-                        "multiplies it)")
-    if ism_region and regions:
-        raise UserError("--ism-region goes with --region; with --regions each BED region is the ISM span")
-    for name, value in (("--batch-size", batch_size), ("--steps", steps), ("--chunk-size", chunk_size)):
-        if value < 1:
-            raise UserError(f"{name} {value}: must be at least 1")
-    if plot and not plot.endswith(".png"):
-        raise UserError(f"--plot {plot}: expected a .png file")
-    for name in (out, plot):
-        if name and os.path.exists(name) and not force:
-            raise UserError(f"{name} exists; pass --force to replace it")
-    if out.endswith(_BIGWIG):
-        try:
-            import pyBigWig  # noqa: F401
-        except ImportError:
-            raise UserError("bigWig output needs pyBigWig (pip install pyBigWig); or write .npz") from None
-    if out.endswith((".h5", ".hdf5")):
-        try:
-            import h5py  # noqa: F401
-        except ImportError:
-            raise UserError("HDF5 output needs h5py (pip install 'enformer-train[variants]'); or write .npz") from None
-    if plot:
-        try:
-            import logomaker  # noqa: F401
-        except ImportError:
-            raise UserError("--plot needs logomaker (pip install 'enformer-train[attribute]')") from None
-    if method == "integrated-gradients":
-        try:
-            import captum  # noqa: F401
-        except ImportError:
-            raise UserError("--method integrated-gradients needs captum (pip install 'enformer-train[attribute]')") from None
+    _refuse_options(out, plot, method, transform, region, regions, ism_region, mean_center, force,
+                    batch_size=batch_size, steps=steps, chunk_size=chunk_size)
     wanted = [Region(*parse_region(region), "--region")] if region else read_regions_bed(regions)
     ism_span = parse_region(ism_region) if ism_region else None
 
@@ -485,18 +444,7 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
             pair = torch.as_tensor(strand_pairs(rows, targets or "targets.txt"), device=world.device)
         genome = Genome(fasta)
         length = model.config.sequence_length
-        spans = []
-        for r in wanted:
-            if r.chrom not in genome:
-                close = difflib.get_close_matches(r.chrom, list(genome.lengths), n=3)
-                raise UserError(f"{r.source}: {fasta} has no sequence named {r.chrom!r}"
-                                + (f"; close: {', '.join(close)}" if close else ""))
-            if r.start >= genome.lengths[r.chrom]:
-                raise UserError(f"{r.source}: {r.name()} starts past the end of {r.chrom} ({genome.lengths[r.chrom]:,} bp)")
-            if r.end - r.start > length:
-                raise UserError(f"{r.source}: {r.name()} is {r.end - r.start:,} bp, longer than the model's input "
-                                f"({length:,} bp); give regions of at most that")
-            spans.append(scored_span(r, length, method, ism_span))
+        spans = _spans(wanted, genome, fasta, length, method, ism_span)
         if out.endswith(_BIGWIG):
             _refuse_overlaps(wanted, spans)
             for path in _bigwig_paths(out, chosen, per_track):
@@ -536,14 +484,7 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
         barrier(f"the barrier after attributing ({len(mine)} chunks on this rank), before rank 0 writes {out}")
         if not world.is_main:
             return None
-        parts = []
-        for c, (a, b) in enumerate(bounds):
-            part = chunks.read_chunk(chunks.chunk_path(partial, c), b - a, list(_ROWS))
-            if part is None:
-                raise UserError(f"{chunks.chunk_path(partial, c)}: missing or unreadable after every rank finished; "
-                                "run the command again to compute it")
-            parts.append(part)
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in _ROWS}
+        arrays = _assemble(partial, bounds)
         arrays["chrom"] = np.array([r.chrom for r in wanted])
         arrays["tracks"] = np.array(chosen)
         names = _track_names(chosen, rows)
@@ -551,24 +492,111 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
                 "options": json.dumps({k: plan[k] for k in ("transform", "per_track", "ism_region", "steps",
                                                             "mean_center", "rc", "bf16")}),
                 "checkpoint": loaded.path, "regions": [r.name() for r in wanted]}
-        if out.endswith(_BIGWIG):
-            written = write_bigwigs(out, genome, arrays, list(genome.lengths))
-        else:
-            write_arrays(out, arrays, meta)
-            written = [out]
-        if plot:
-            codes = genome.fetch(wanted[0].chrom, int(arrays["span_start"][0]),
-                                 int(arrays["span_start"][0]) + arrays["scores"].shape[-1])
-            shown = names[0] if per_track or len(names) == 1 else f"{len(names)} tracks ({names[0]}, ...)"
-            title = f"{method} of {wanted[0].name()}: {head} {shown}, bins {bins or ','.join(map(str, target.bins))}"
-            plot_attribution(plot, arrays, codes, 0, model.config.bin_size, flank(model), method, title)
-            written.append(plot)
+        written = _write_outputs(out, plot, arrays, meta, genome, wanted, names, target, model, method, head, bins,
+                                 per_track)
         shutil.rmtree(partial, ignore_errors=True)
         return {"regions": len(wanted), "written": written, "method": method, "maps": target.maps,
                 "prediction": arrays["prediction"], "delta": arrays["delta"], "skipped": int(arrays["skipped"].sum()),
                 "span": int(arrays["scores"].shape[-1]), "output_span": output_span(model)}
     finally:
         teardown()
+
+
+def _refuse_options(out: str, plot: str | None, method: str, transform: str | None, region: str | None,
+                    regions: str | None, ism_region: str | None, mean_center: bool, force: bool, **counts: int) -> None:
+    """Every refusal that needs no model nor genome, before any work: one line each."""
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: expected {', '.join(METHODS)}")
+    if not out.endswith(_FORMATS):
+        raise UserError(f"--out {out}: expected .npz, .h5 or .bw (bigWig of the per-base scores)")
+    if transform not in (None, "", "log1p"):
+        raise UserError(f"--transform {transform!r}: expected log1p (or none)")
+    if (region is None) == (regions is None):
+        raise UserError("give --region CHROM:START-END or --regions BED (one of them)")
+    if ism_region and method != "ism":
+        raise UserError("--ism-region goes with --method ism")
+    if mean_center and method != "input-grad":
+        raise UserError("--mean-center goes with --method input-grad (it centres the gradient before the input "
+                        "multiplies it)")
+    if ism_region and regions:
+        raise UserError("--ism-region goes with --region; with --regions each BED region is the ISM span")
+    for name, value in counts.items():
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    if plot and not plot.endswith(".png"):
+        raise UserError(f"--plot {plot}: expected a .png file")
+    for name in (out, plot):
+        if name and os.path.exists(name) and not force:
+            raise UserError(f"{name} exists; pass --force to replace it")
+    if out.endswith(_BIGWIG):
+        try:
+            import pyBigWig  # noqa: F401
+        except ImportError:
+            raise UserError("bigWig output needs pyBigWig (pip install pyBigWig); or write .npz") from None
+    if out.endswith((".h5", ".hdf5")):
+        try:
+            import h5py  # noqa: F401
+        except ImportError:
+            raise UserError("HDF5 output needs h5py (pip install 'enformer-train[variants]'); or write .npz") from None
+    if plot:
+        try:
+            import logomaker  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs logomaker (pip install 'enformer-train[attribute]')") from None
+    if method == "integrated-gradients":
+        try:
+            import captum  # noqa: F401
+        except ImportError:
+            raise UserError("--method integrated-gradients needs captum (pip install 'enformer-train[attribute]')") from None
+
+
+def _spans(wanted: list[Region], genome: Genome, fasta: str, length: int, method: str,
+           ism_span) -> list[tuple[int, int]]:
+    """The scored span of each region, after checking it is on the genome and fits the model's input."""
+    spans = []
+    for r in wanted:
+        if r.chrom not in genome:
+            close = difflib.get_close_matches(r.chrom, list(genome.lengths), n=3)
+            raise UserError(f"{r.source}: {fasta} has no sequence named {r.chrom!r}"
+                            + (f"; close: {', '.join(close)}" if close else ""))
+        if r.start >= genome.lengths[r.chrom]:
+            raise UserError(f"{r.source}: {r.name()} starts past the end of {r.chrom} ({genome.lengths[r.chrom]:,} bp)")
+        if r.end - r.start > length:
+            raise UserError(f"{r.source}: {r.name()} is {r.end - r.start:,} bp, longer than the model's input "
+                            f"({length:,} bp); give regions of at most that")
+        spans.append(scored_span(r, length, method, ism_span))
+    return spans
+
+
+def _assemble(partial: str, bounds: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Every chunk's rows from OUT.partial/, in region order."""
+    parts = []
+    for c, (a, b) in enumerate(bounds):
+        part = chunks.read_chunk(chunks.chunk_path(partial, c), b - a, list(_ROWS))
+        if part is None:
+            raise UserError(f"{chunks.chunk_path(partial, c)}: missing or unreadable after every rank finished; "
+                            "run the command again to compute it")
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in _ROWS}
+
+
+def _write_outputs(out: str, plot: str | None, arrays: dict, meta: dict, genome: Genome, wanted: list[Region],
+                   names: list[str], target: Target, model, method: str, head: str, bins: str | None,
+                   per_track: bool) -> list[str]:
+    """`out` (.npz, .h5, or bigWigs) and the --plot figure; the files written."""
+    if out.endswith(_BIGWIG):
+        written = write_bigwigs(out, genome, arrays, list(genome.lengths))
+    else:
+        write_arrays(out, arrays, meta)
+        written = [out]
+    if plot:
+        codes = genome.fetch(wanted[0].chrom, int(arrays["span_start"][0]),
+                             int(arrays["span_start"][0]) + arrays["scores"].shape[-1])
+        shown = names[0] if per_track or len(names) == 1 else f"{len(names)} tracks ({names[0]}, ...)"
+        title = f"{method} of {wanted[0].name()}: {head} {shown}, bins {bins or ','.join(map(str, target.bins))}"
+        plot_attribution(plot, arrays, codes, 0, model.config.bin_size, flank(model), method, title)
+        written.append(plot)
+    return written
 
 
 def _attribute_one(model, genome: Genome, region: Region, span: tuple[int, int], head: str, target: Target,

@@ -70,25 +70,57 @@ class Trainer:
         self.run_dir = Path(t.run_dir)
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
         self._claim_run_folder(fresh=not (resume or restarted))
-        organisms = list(config.data.stores)
-        self.organisms = organisms
-
+        self.organisms = list(config.data.stores)
         self.flops_per_sample = measure(config.model)["training_flops"]
-        # The model is initialised from `seed` alike on every rank (so no weight broadcast is
-        # needed); afterwards each rank reseeds to its own stream so that dropout masks differ per
-        # rank, as on separate TPU cores (the +1 keeps rank 0's stream apart from the init's).
+        self.model = self._build_model()
+        self.batch_per_rank, self.accumulation = self._batch_arithmetic()
+        self._open_stores()
+        resume_from = self._checkpoint_to_resume(resume, restarted)
+        # Fine-tuning: weights first (a resumed run has them in its checkpoint), then what trains.
+        self.fine_tuning = finetune.setup(self.model, t, resumed=resume_from is not None)
+        if t.init_head_bias and resume_from is None:
+            init_head_biases(self.model, self.stores)
+        self.optimizer = make_optimizer(self.model, t, note=self._say if self.world.is_main else None)
+        self._start_counters()
+        if resume_from is not None:
+            self._restore(resume_from)
+            if self.world.is_main:
+                self._say(f"resuming from {resume_from['path']} (step {self.step})")
+        self.ddp = self._distributed_model()
+        self.forward = self._compiled(self.ddp)
+        self.autocast = t.bf16_autocast(self.world.device.type)
+        self._prepare_run_folder()
+        self.log = MetricsLog(self.run_dir, self.world.is_main, resume_from["step"] if resume_from else None,
+                              tensorboard=t.tensorboard, wandb_project=t.wandb_project, config=config.to_dict())
+        if self.step == 0:  # a resumed run has the record in metrics.jsonl already
+            self.fine_tuning.announce(self.model, self.log, self.step, self.world.is_main)
+        self._stop_signal = 0
+
+    # -- building a run -------------------------------------------------------------------------
+
+    def _build_model(self) -> torch.nn.Module:
+        """The model, initialised from `seed` alike on every rank (so no weight broadcast is needed);
+        afterwards each rank reseeds to its own stream so that dropout masks differ per rank, as on
+        separate TPU cores (the +1 keeps rank 0's stream apart from the init's)."""
+        t = self.config.train
         torch.manual_seed(t.seed)
-        model = build_model(config.model).to(self.world.device, t.parameter_dtype)
+        model = build_model(self.config.model).to(self.world.device, t.parameter_dtype)
         torch.manual_seed(t.seed + 1000 * self.world.rank + 1)
-        self.model = model
+        return model
 
-        ws = self.world.world_size
-        self.batch_per_rank = t.batch_per_rank or t.batch_size // ws
-        if self.batch_per_rank <= 0 or t.batch_size % (self.batch_per_rank * ws):
-            raise UserError(f"train.batch_size {t.batch_size} is not batch_per_rank ({self.batch_per_rank}) x "
+    def _batch_arithmetic(self) -> tuple[int, int]:
+        """(samples per rank per micro-batch, micro-batches per update) for train.batch_size."""
+        t, ws = self.config.train, self.world.world_size
+        per_rank = t.batch_per_rank or t.batch_size // ws
+        if per_rank <= 0 or t.batch_size % (per_rank * ws):
+            raise UserError(f"train.batch_size {t.batch_size} is not batch_per_rank ({per_rank}) x "
                             f"{ws} ranks x a whole number of accumulation steps")
-        self.accumulation = t.batch_size // (self.batch_per_rank * ws)
+        return per_rank, t.batch_size // (per_rank * ws)
 
+    def _open_stores(self) -> None:
+        """The training and validation stores of every organism, checked against the heads, and a
+        training loader for each."""
+        config, t = self.config, self.config.train
         self.stores = {o: Store(path, config.data.train_split) for o, path in config.data.stores.items()}
         self.valid = {o: Store(path, config.data.valid_split) for o, path in config.data.stores.items()}
         for o, store in self.stores.items():
@@ -100,19 +132,19 @@ class Trainer:
                                   num_workers=config.data.num_workers, augment=augment,
                                   sequence_length=config.model.sequence_length) for o, s in self.stores.items()}
 
-        resume_from = None
-        if resume or restarted:
-            if ckpt.list_checkpoints(self.run_dir):
-                resume_from = ckpt.load_latest_good(self.run_dir, map_location=self.world.device,
-                                                    warn=self._say if self.world.is_main else None)
-            elif resume:
-                raise UserError(f"{self.run_dir}: --resume given but the run folder has no checkpoints")
-        # Fine-tuning: weights first (a resumed run has them in its checkpoint), then what trains.
-        self.fine_tuning = finetune.setup(model, t, resumed=resume_from is not None)
+    def _checkpoint_to_resume(self, resume: bool, restarted: bool) -> dict | None:
+        """The run folder's newest good checkpoint when resuming (--resume, or torchrun restarted the
+        workers); --resume on a folder without checkpoints is an error."""
+        if not (resume or restarted):
+            return None
+        if ckpt.list_checkpoints(self.run_dir):
+            return ckpt.load_latest_good(self.run_dir, map_location=self.world.device,
+                                         warn=self._say if self.world.is_main else None)
+        if resume:
+            raise UserError(f"{self.run_dir}: --resume given but the run folder has no checkpoints")
+        return None
 
-        if t.init_head_bias and resume_from is None:
-            init_head_biases(model, self.stores)
-        self.optimizer = make_optimizer(model, t, note=self._say if self.world.is_main else None)
+    def _start_counters(self) -> None:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_run = 0
@@ -121,47 +153,47 @@ class Trainer:
         # This rank's per-step values since the last log record: checkpointed, so that a resumed
         # run logs the same window means as the uninterrupted one.
         self.pending: dict[str, list[torch.Tensor]] = {}
-        if resume_from is not None:
-            self._restore(resume_from)
-            if self.world.is_main:
-                self._say(f"resuming from {resume_from['path']} (step {self.step})")
-
-        self.ddp = model
-        if self.world.distributed:
-            # Batch norm statistics are global already (cross-replica), so no buffer broadcast.
-            # A forward of one organism leaves the other head's parameters unused (not in 'joint').
-            with warnings.catch_warnings():
-                # torch calls broadcast_buffers deprecated but says to keep it where buffers must not
-                # be synced at all, which is the case here.
-                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-                self.ddp = DistributedDataParallel(
-                    model, device_ids=[self.world.device] if self.world.device.type == "cuda" else None,
-                    broadcast_buffers=False,
-                    find_unused_parameters=t.update != "joint" or set(config.model.heads) != set(organisms))
-        # torch.compile: the model compiles whole at world size 1 (tests/test_compile.py); under DDP
-        # dynamo breaks once in DDP's own forward (its logger) and compiles the model inside it, the
-        # batch-norm exchanges being one opaque operator each (model/ops.py). One graph per head.
-        if t.compile and self.world.distributed and not _ddp_optimizer_takes_custom_functions():
-            # torch 2.4's DDPOptimizer refuses graphs holding autograd functions: one gradient bucket
-            torch._dynamo.config.optimize_ddp = False
-        self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self._steps_here = 0  # steps this process has taken (a resumed run starts at 0 too)
         self._pending_compile_s: float | None = None  # for the next log record
         self._compiled_frames_after_2: int | None = None  # dynamo's count of frames after the 2nd of them
-        self.autocast = t.bf16_autocast(self.world.device.type)
 
+    def _distributed_model(self) -> torch.nn.Module:
+        """The model under DDP when there are several ranks, else the model."""
+        if not self.world.distributed:
+            return self.model
+        # Batch norm statistics are global already (cross-replica), so no buffer broadcast.
+        # A forward of one organism leaves the other head's parameters unused (not in 'joint').
+        with warnings.catch_warnings():
+            # torch calls broadcast_buffers deprecated but says to keep it where buffers must not
+            # be synced at all, which is the case here.
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            return DistributedDataParallel(
+                self.model, device_ids=[self.world.device] if self.world.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                find_unused_parameters=(self.config.train.update != "joint"
+                                        or set(self.config.model.heads) != set(self.organisms)))
+
+    def _compiled(self, model: torch.nn.Module):
+        """`model` under torch.compile with train.compile. The model compiles whole at world size 1
+        (tests/test_compile.py); under DDP dynamo breaks once in DDP's own forward (its logger) and
+        compiles the model inside it, the batch-norm exchanges being one opaque operator each
+        (distributed/reduce.py). One graph per head."""
+        if not self.config.train.compile:
+            return model
+        if self.world.distributed and not _ddp_optimizer_takes_custom_functions():
+            # torch 2.4's DDPOptimizer refuses graphs holding autograd functions: one gradient bucket
+            torch._dynamo.config.optimize_ddp = False
+        return torch.compile(model)
+
+    def _prepare_run_folder(self) -> None:
+        """Rank 0 makes the run folder, removes temporaries of saves cut short and writes config.yaml."""
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             stale = ckpt.remove_stale_temporaries(self.run_dir)
             if stale:
                 self._say(f"{self.run_dir}: removed {len(stale)} temporary files of saves cut short ({stale[0].name}, ...)")
-            config.write(self.run_dir / "config.yaml")
+            self.config.write(self.run_dir / "config.yaml")
         barrier()
-        self.log = MetricsLog(self.run_dir, self.world.is_main, resume_from["step"] if resume_from else None,
-                              tensorboard=t.tensorboard, wandb_project=t.wandb_project, config=config.to_dict())
-        if self.step == 0:  # a resumed run has the record in metrics.jsonl already
-            self.fine_tuning.announce(self.model, self.log, self.step, self.world.is_main)
-        self._stop_signal = 0
 
     def _claim_run_folder(self, fresh: bool) -> None:
         """Rank 0 takes the run folder's lock (another run holding it: RunFolderBusy, status 2) and,
@@ -279,18 +311,33 @@ class Trainer:
         amp = torch.autocast(self.world.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         return no_sync, amp
 
-    def _backward(self, organism: str, batches: list[dict], last_in_update: bool) -> torch.Tensor:
-        total = torch.zeros((), device=self.world.device, dtype=self.config.train.parameter_dtype)
-        for i, batch in enumerate(batches):
-            batch = to_device(batch, self.world.device)
-            no_sync, amp = self._contexts(sync=last_in_update and i == len(batches) - 1)
-            with no_sync, watching(f"the forward/backward of {organism} (batch-norm and gradient all_reduce)"):
+    def _backward(self, organisms: list[str], batches: dict[str, list[dict]], last_in_update: bool) -> dict:
+        """Forward and backward over the micro-batches of one update group: `organisms` together in
+        one trunk forward (their batches concatenated, so batch norm sees them all; one organism: its
+        own batch and head), each head on its organism's part; the loss is the sum of the organisms'
+        mean losses. Returns {'loss/<organism>': its mean loss}."""
+        dtype = self.config.train.parameter_dtype
+        totals = {o: torch.zeros((), device=self.world.device, dtype=dtype) for o in organisms}
+        micro = len(batches[organisms[0]])
+        what = (f"the forward/backward of {organisms[0]}" if len(organisms) == 1 else "the joint forward/backward")
+        for i in range(micro):
+            parts = [to_device(batches[o][i], self.world.device) for o in organisms]
+            no_sync, amp = self._contexts(sync=last_in_update and i == micro - 1)
+            with no_sync, watching(f"{what} (batch-norm and gradient all_reduce)"):
                 with amp:
-                    pred = self.forward(batch["sequence"], head=organism)
-                loss = poisson_loss(pred, batch["target"])
-                (loss / len(batches)).backward()
-            total += loss.detach() / len(batches)
-        return total
+                    if len(organisms) == 1:
+                        preds = {organisms[0]: self.forward(parts[0]["sequence"], head=organisms[0])}
+                    else:
+                        preds = self.forward(torch.cat([p["sequence"] for p in parts]))
+                loss, offset = 0.0, 0
+                for organism, part in zip(organisms, parts):
+                    size = part["sequence"].shape[0]
+                    organism_loss = poisson_loss(preds[organism][offset:offset + size], part["target"])
+                    totals[organism] += organism_loss.detach() / micro
+                    loss = loss + organism_loss
+                    offset += size if len(organisms) > 1 else 0
+                (loss / micro).backward()
+        return {f"loss/{o}": v for o, v in totals.items()}
 
     def _update(self, heads: list[str]) -> torch.Tensor:
         """Clip by global norm and step; a non-finite gradient skips the update. Returns the norm."""
@@ -321,43 +368,18 @@ class Trainer:
         lr = learning_rate(self.step, self.config.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+        update = self.config.train.update
+        # update groups: each organism its own forward and update (alternate), each its own forward
+        # and one update (sum), or all in one forward and one update (joint)
+        groups = [[o] for o in self.organisms] if update != "joint" else [self.organisms]
         out = {}
-        if self.config.train.update == "alternate":
-            for organism in self.organisms:
-                out[f"loss/{organism}"] = self._backward(organism, batches[organism], last_in_update=True)
-                out[f"grad_norm/{organism}"] = self._update([organism])
-        elif self.config.train.update == "sum":
-            for k, organism in enumerate(self.organisms):
-                out[f"loss/{organism}"] = self._backward(organism, batches[organism],
-                                                         last_in_update=k == len(self.organisms) - 1)
-            out["grad_norm"] = self._update(self.organisms)
-        else:  # joint
-            out.update(self._backward_joint(batches))
+        for k, group in enumerate(groups):
+            out.update(self._backward(group, batches, last_in_update=update == "alternate" or k == len(groups) - 1))
+            if update == "alternate":
+                out[f"grad_norm/{group[0]}"] = self._update(group)
+        if update != "alternate":
             out["grad_norm"] = self._update(self.organisms)
         return out
-
-    def _backward_joint(self, batches: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
-        """One trunk forward over all organisms' batches together (batch norm sees them all), each
-        head on its own organism's part; the loss is the sum of the organisms' mean losses."""
-        totals = {o: torch.zeros((), device=self.world.device, dtype=self.config.train.parameter_dtype)
-                  for o in self.organisms}
-        micro = len(batches[self.organisms[0]])
-        for i in range(micro):
-            parts = [to_device(batches[o][i], self.world.device) for o in self.organisms]
-            sizes = [p["sequence"].shape[0] for p in parts]
-            no_sync, amp = self._contexts(sync=i == micro - 1)
-            with no_sync, watching("the joint forward/backward (batch-norm and gradient all_reduce)"):
-                with amp:
-                    preds = self.forward(torch.cat([p["sequence"] for p in parts]))
-                loss = 0.0
-                offset = 0
-                for organism, part, size in zip(self.organisms, parts, sizes):
-                    organism_loss = poisson_loss(preds[organism][offset:offset + size], part["target"])
-                    totals[organism] += organism_loss.detach() / micro
-                    loss = loss + organism_loss
-                    offset += size
-                (loss / micro).backward()
-        return {f"loss/{o}": v for o, v in totals.items()}
 
     # -- validation -----------------------------------------------------------------------------
 

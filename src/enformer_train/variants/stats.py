@@ -64,65 +64,84 @@ def compute_scores(ref: torch.Tensor, alt: torch.Tensor, stats: Sequence[str],
     for name in stats:
         if name not in STATS:
             raise UserError(f"--stats {name!r}: expected any of {', '.join(STATS)}")
-    groups = None if columns is None else _groups(columns, ref.device)
-    count = ref.shape[-1] if columns is None else len(columns)
+    measures = _Measures(ref, alt, columns)
+    measured: dict[tuple[str, str], torch.Tensor] = {}  # SAD and SUM (SAR and logSUM) computed once
+    scores: dict[str, torch.Tensor] = {}
+    for name in stats:
+        if name in PER_BIN:
+            scores[name] = measures.per_column(ref if name == "REF" else alt, lambda m: m.sum(-1))
+            continue
+        key = _MEASURES[name]
+        if key not in measured:
+            measured[key] = measures.measure(*key)
+        scores[name] = measured[key]
+    return scores
 
-    def per_column(x: torch.Tensor, combine: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+
+class _Measures:
+    """One variant's predictions and the intermediates its statistics share, each made once and only
+    when a statistic asks: the transformed predictions and their differences; for JS, a column's
+    members' bins pooled and the order statistics of ref."""
+
+    def __init__(self, ref: torch.Tensor, alt: torch.Tensor, columns: list[list[int]] | None):
+        self.ref, self.alt = ref, alt
+        self.groups = None if columns is None else _groups(columns, ref.device)
+        self.count = ref.shape[-1] if columns is None else len(columns)
+        self.values: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.diffs: dict[str, torch.Tensor] = {}
+        self.pools: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.order: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+
+    def per_column(self, x: torch.Tensor, combine: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """[..., tracks] -> [..., columns]: each column's members [..., members] combined into one value."""
-        if groups is None:
+        if self.groups is None:
             return x
-        out = x.new_empty(*x.shape[:-1], count)
-        for positions, members in groups:
+        out = x.new_empty(*x.shape[:-1], self.count)
+        for positions, members in self.groups:
             out[..., positions] = combine(x[..., members])
         return out
 
-    # Shared intermediates, each made once and only when a statistic asks: the transformed predictions and
-    # their differences; for JS, a column's members' bins pooled and the order statistics of ref.
-    values: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    diffs: dict[str, torch.Tensor] = {}
-    pools: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    order: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    def transformed(self, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if how not in self.values:
+            self.values[how] = (_transform(how, self.ref), _transform(how, self.alt))
+        return self.values[how]
 
-    def transformed(how: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if how not in values:
-            values[how] = (_transform(how, ref), _transform(how, alt))
-        return values[how]
+    def difference(self, how: str) -> torch.Tensor:
+        if how not in self.diffs:
+            r, a = self.transformed(how)
+            self.diffs[how] = a - r
+        return self.diffs[how]
 
-    def difference(how: str) -> torch.Tensor:
-        if how not in diffs:
-            r, a = transformed(how)
-            diffs[how] = a - r
-        return diffs[how]
-
-    def pooled(group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pooled(self, group: int) -> tuple[torch.Tensor, torch.Tensor]:
         """ref and alt [shifts, members * bins, columns] of the columns of `group` (-1: every track alone)."""
-        if group not in pools:
+        if group not in self.pools:
             if group < 0:
-                pools[group] = ref, alt
+                self.pools[group] = self.ref, self.alt
             else:
-                members = groups[group][1]
-                pools[group] = _pool_bins(ref[..., members]), _pool_bins(alt[..., members])
-        return pools[group]
+                members = self.groups[group][1]
+                self.pools[group] = _pool_bins(self.ref[..., members]), _pool_bins(self.alt[..., members])
+        return self.pools[group]
 
-    def pseudocount(how: str, group: int) -> torch.Tensor:
+    def pseudocount(self, how: str, group: int) -> torch.Tensor:
         """[shifts, columns] the 25th percentile of the transformed ref over a column's values. log2(x + 1)
         keeps the order, so logJS interpolates the transformed order statistics that JS found."""
-        if group not in order:
-            order[group] = _order_statistics(pooled(group)[0], 0.25)
-        lower, upper, weight = order[group]
+        if group not in self.order:
+            self.order[group] = _order_statistics(self.pooled(group)[0], 0.25)
+        lower, upper, weight = self.order[group]
         return torch.lerp(_transform(how, lower), _transform(how, upper), weight)
 
-    def measure(how: str, reduction: str) -> torch.Tensor:
+    def measure(self, how: str, reduction: str) -> torch.Tensor:
+        """[columns]: the statistic of transform `how` and `reduction`, averaged over shifts."""
         if reduction == "js":
-            if groups is None:
-                r, a = transformed(how)
-                return _divergence(r, a, pseudocount(how, -1)).mean(0)
-            out = ref.new_empty(count)
-            for g, (positions, _) in enumerate(groups):
-                r, a = pooled(g)
-                out[positions] = _divergence(_transform(how, r), _transform(how, a), pseudocount(how, g)).mean(0)
+            if self.groups is None:
+                r, a = self.transformed(how)
+                return _divergence(r, a, self.pseudocount(how, -1)).mean(0)
+            out = self.ref.new_empty(self.count)
+            for g, (positions, _) in enumerate(self.groups):
+                r, a = self.pooled(g)
+                out[positions] = _divergence(_transform(how, r), _transform(how, a), self.pseudocount(how, g)).mean(0)
             return out
-        d = difference(how)
+        d = self.difference(how)
         if reduction == "sum":
             score = d.sum(1)
         elif reduction == "max":
@@ -133,20 +152,8 @@ def compute_scores(ref: torch.Tensor, alt: torch.Tensor, stats: Sequence[str],
             score = torch.linalg.vector_norm(d, dim=1)
         score = score.mean(0)
         if reduction == "d2":
-            return per_column(score, lambda m: torch.linalg.vector_norm(m, dim=-1))
-        return per_column(score, lambda m: m.sum(-1))
-
-    measured: dict[tuple[str, str], torch.Tensor] = {}  # SAD and SUM (SAR and logSUM) computed once
-    scores: dict[str, torch.Tensor] = {}
-    for name in stats:
-        if name in PER_BIN:
-            scores[name] = per_column(ref if name == "REF" else alt, lambda m: m.sum(-1))
-            continue
-        key = _MEASURES[name]
-        if key not in measured:
-            measured[key] = measure(*key)
-        scores[name] = measured[key]
-    return scores
+            return self.per_column(score, lambda m: torch.linalg.vector_norm(m, dim=-1))
+        return self.per_column(score, lambda m: m.sum(-1))
 
 
 def _transform(how: str, x: torch.Tensor) -> torch.Tensor:
