@@ -42,11 +42,24 @@ import torch
 from . import chunks
 from .data.augment import COMPLEMENT
 from .data.formats.genome import Genome
+from .data.formats.targets import strand_pairs
+from .distributed import barrier, setup, teardown
 from .errors import UserError
 from .files import atomic_write
-from .infer import choose_head, flank, output_span, predict_codes, select_tracks, targets_for, to_forward_strand, tta_views
-from .saved import load
+from .infer import (
+    choose_head,
+    flank,
+    output_span,
+    predict_codes,
+    select_tracks,
+    targets_for,
+    to_forward_strand,
+    tta_views,
+)
 from .model.enformer import one_hot
+from .predict import parse_region
+from .progress import progress
+from .saved import load
 
 METHODS = ("input-grad", "ism", "integrated-gradients")
 _BIGWIG = (".bw", ".bigwig", ".bigWig")
@@ -421,11 +434,6 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
                   force: bool = False, collective_timeout_s: float = 600.0) -> dict | None:
     """`enformer-train attribute` (under torchrun too). Rank 0 writes `out` (and `plot`) and returns
     a summary (regions, written files, per-region target values); other ranks return None."""
-    from .data.formats.targets import strand_pairs
-    from .predict import parse_region
-    from .progress import progress
-    from .distributed import barrier, setup, teardown
-
     _refuse_options(out, plot, method, transform, region, regions, ism_region, mean_center, force,
                     batch_size=batch_size, steps=steps, chunk_size=chunk_size)
     wanted = [Region(*parse_region(region), "--region")] if region else read_regions_bed(regions)

@@ -15,6 +15,7 @@ import shutil
 
 import numpy as np
 
+from .distributed import barrier
 from .errors import UserError
 from .files import atomic_write, write_json
 
@@ -73,8 +74,6 @@ def start(out: str, plan: dict, sizes: list[int], keys: list[str], force: bool, 
     """Collective: OUT.partial/ for `plan` (a JSON-able dict) and the chunks still to do, of
     chunks with `sizes[c]` rows of `keys`. A partial folder of another plan is a UserError naming
     `what` decides the numbers, unless `force` (then it is emptied)."""
-    from .distributed import barrier
-
     partial = partial_dir(out)
     manifest = os.path.join(partial, "plan.json")
     changed: list[str] = []

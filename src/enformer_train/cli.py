@@ -1,4 +1,10 @@
-"""`enformer-train`: one command, one subcommand per job."""
+"""`enformer-train`: one command, one subcommand per job. This module alone holds argparse: each
+command's code is a function with typed parameters that a notebook can call.
+
+Each subcommand imports its module inside its handler, the one place in the package that does so:
+`enformer-train --help` and a mistyped flag answer without importing torch, TensorFlow's readers,
+h5py or matplotlib (seconds on a cold disk); the modules import their own dependencies at the top.
+"""
 from __future__ import annotations
 
 import argparse

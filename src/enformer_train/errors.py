@@ -3,6 +3,7 @@
 The command line prints its message on one line and exits non-zero; anything else is a bug and
 keeps its traceback.
 """
+import signal
 
 
 class UserError(Exception):
@@ -13,7 +14,5 @@ class Stopped(Exception):
     """Training stopped by a signal (preemption, Ctrl-C) after saving a checkpoint."""
 
     def __init__(self, signum: int, checkpoint: str):
-        import signal
-
         super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint}; continue with --resume")
         self.signum = signum

@@ -12,9 +12,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import posixpath
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Callable
 
@@ -146,9 +148,6 @@ class DiskFullError(UserError):
 def torch_file_problem(path: str | os.PathLike, error: Exception) -> str:
     """What a file that torch.load(weights_only=True) refused is, in words for a user. Never torch's
     own text: it advises weights_only=False, which runs whatever code a foreign file holds."""
-    import pickle
-    import zipfile
-
     with open(path, "rb") as f:
         head, after = f.read(8), f.read(1)  # safetensors: a little-endian header length, then JSON
     if zipfile.is_zipfile(path):

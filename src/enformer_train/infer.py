@@ -20,8 +20,11 @@ import numpy as np
 import torch
 
 from .data.augment import COMPLEMENT, FixedView, window_margin
+from .data.formats.targets import read_targets
+from .data.store import targets_path
 from .errors import UserError
 from .model import Enformer
+from .progress import progress
 from .saved import Loaded
 
 
@@ -36,9 +39,6 @@ def choose_head(model: Enformer, organism: str | None) -> str:
 def targets_for(loaded: Loaded, head: str, path: str | None = None) -> list[dict] | None:
     """Rows of targets.txt for `head`: `path` (--targets) when given, else the training store's when
     it is still there, else None (tracks are then known by index only)."""
-    from .data.store import targets_path
-    from .data.formats.targets import read_targets
-
     if path:
         if not os.path.exists(path):
             raise UserError(f"--targets {path}: no such file")
@@ -155,8 +155,6 @@ def predict_region(model: Enformer, genome, chrom: str, start: int, end: int, he
                    batch_size: int = 2, show_progress: bool = False) -> tuple[np.ndarray, int]:
     """[bins, tracks] float32 predictions over the output spans centred on chrom:start-end, and the
     first span's start (the region is tiled with adjacent windows when longer than one span)."""
-    from .progress import progress
-
     if chrom not in genome:
         raise UserError(f"{genome.path}: no sequence named {chrom!r}")
     starts, span_start = output_windows(model, start, end)

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.augment import window_margin
+from ..data.formats.targets import read_targets
+from ..data.producers.prepare import prepare
+from ..data.store import Store, targets_path
 from ..errors import UserError
+from ..infer import predict_codes
+from ..plots import plot_tracks, plot_training
+from ..saved import load
+from ..saved.checkpoint import run_reached
+from ..train.metrics_log import read_metrics
+from .synthetic import BarnyardConfig, write_barnyard
 
 ORGANISMS = ("human", "mouse")
 
@@ -34,13 +44,6 @@ def _train_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
 
 def region_figures(run_dir: Path, stores: dict[str, Path], out_dir: Path, samples: int = 3, tracks: int = 4) -> list[Path]:
     """For the first validation regions of each organism: measured above predicted tracks."""
-    from ..data.augment import window_margin
-    from ..data.store import Store, targets_path
-    from ..data.formats.targets import read_targets
-    from ..infer import predict_codes
-    from ..saved import load
-    from ..plots import plot_tracks
-
     model = load(run_dir / "model.safetensors").model
     written = []
     for organism, path in stores.items():
@@ -66,8 +69,6 @@ def region_figures(run_dir: Path, stores: dict[str, Path], out_dir: Path, sample
 def fresh_run_dir(root: Path) -> Path:
     """root/run, or when an earlier demo's run is there, root/run-2, run-3, ...: a rerun never
     writes over a finished run."""
-    from ..saved.checkpoint import run_reached
-
     run_dir, k = root / "run", 1
     while run_reached(run_dir) is not None:
         k += 1
@@ -77,10 +78,6 @@ def fresh_run_dir(root: Path) -> Path:
 
 def run_demo(out: str = "enformer-demo", steps: int | None = None, nproc: int = 2, device: str = "cpu",
              seed: int | None = None) -> dict:
-    from ..data.producers.prepare import prepare
-    from .synthetic import BarnyardConfig, write_barnyard
-    from ..plots import plot_training
-    from ..train.metrics_log import read_metrics
 
     root = Path(out).resolve()
     barnyard, run_dir = root / "barnyard", fresh_run_dir(root)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -96,10 +98,6 @@ def die_with_launcher() -> None:
     launcher dies: torchrun's workers run in sessions of their own, so a killed torchrun would
     otherwise leave them training, orphaned, into the run folder. Linux only (prctl); a plain
     `train` without torchrun keeps running when its shell goes, as a nohup'd job should."""
-    import ctypes
-    import signal
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()

@@ -13,6 +13,7 @@ import torch
 from ..errors import UserError
 from ..files import atomic_write
 from .config import EnformerConfig
+from .convert import is_enformer_pytorch_folder, load_enformer_pytorch_folder
 from .enformer import Enformer, build_model
 
 _CONFIG_KEY = "enformer_train.config"
@@ -56,7 +57,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", **ov
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .convert import is_enformer_pytorch_folder, load_enformer_pytorch_folder
 
     if is_enformer_pytorch_folder(path):
         model = load_enformer_pytorch_folder(path)

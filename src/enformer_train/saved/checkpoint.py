@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..errors import UserError
 from .. import files
+from ..errors import UserError
 from ..files import torch_file_problem
 
 FORMAT = "enformer-train-checkpoint/1"
@@ -258,9 +260,7 @@ def check_same_model(state: dict, model: torch.nn.Module, model_config: dict) ->
 
 
 def rng_state(device: torch.device) -> dict:
-    import random
 
-    import numpy as np
 
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
@@ -272,9 +272,7 @@ def rng_state(device: torch.device) -> dict:
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
-    import random
 
-    import numpy as np
 
     torch.set_rng_state(state["torch"])
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..config import load_config, read_config
 from ..errors import UserError
 from ..model.batchnorm import CrossReplicaBatchNorm
 from ..model.lora import add_lora, has_lora, merge_lora
@@ -32,8 +33,6 @@ TRUNK = ("stem", "conv_tower", "transformer", "final_pointwise")
 def load_run_config(path: str | None, overrides: list[str] = ()):
     """config.load_config, but with train.init_from the model options not given are those of the
     saved model it names (so a fine-tuning config need not repeat the pretrained model's sizes)."""
-    from ..config import load_config, read_config
-
     d = read_config(path, overrides)
     train = d.get("train") if isinstance(d.get("train"), dict) else {}
     if train.get("init_from"):

@@ -7,6 +7,7 @@ touching the trunk and its own head; with update='sum', one update on the summed
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import signal
@@ -30,10 +31,11 @@ from ..errors import Stopped, UserError
 from ..model import build_model
 from ..model.info import measure
 from ..model.weights import save_model
+from ..progress import progress
 from ..saved import checkpoint as ckpt
 from . import finetune
-from .metrics_log import MetricsLog
 from .loss import poisson_loss
+from .metrics_log import MetricsLog
 from .optim import learning_rate, make_optimizer
 from .run_lock import RunFolderBusy, lock_run_folder, unlock_run_folder
 from .validation import cage_tracks, evaluate_store
@@ -410,7 +412,6 @@ class Trainer:
         iterators = {o: iter(loader) for o, loader in self.loaders.items()}
         bar = None
         if self.world.is_main:
-            from ..progress import progress
 
             bar = progress(t.steps, "train", "step", initial=self.step)
         timing = {"time": time.perf_counter(), "steps": 0}  # since the last log record
@@ -573,8 +574,6 @@ def _ddp_optimizer_takes_custom_functions() -> bool:
     """Whether this torch's DDPOptimizer (dynamo's graph splitter at DDP's gradient buckets) takes a
     graph with higher-order operators, which the model's custom autograd functions become; older
     ones raise NotImplementedError on the first step. Read off its source: no version says it."""
-    import inspect
-
     from torch._dynamo.backends import distributed
 
     return "Found a higher order op in the graph" not in inspect.getsource(distributed)

@@ -10,8 +10,8 @@ import torch
 from ..data.loader import Loader, to_device
 from ..data.store import Store, track_rows
 from ..infer import to_forward_strand, tta_views
+from ..progress import progress
 from .metrics import TrackStats
-
 
 # Assay types as the paper reports them, by the prefix of targets.txt's description ("CAGE:liver",
 # "DNASE:K562", "ATAC:...", "CHIP:H3K27ac:..."); DNase and ATAC are one accessibility group.
@@ -38,8 +38,6 @@ def evaluate_store(model, store: Store, organism: str, world, batch_size: int, *
     """Sums over the split (this rank's share, then all-reduced). With `tta`, predictions are the mean
     over (shift -1, 0, 1) x (forward, reverse complement), each mapped back to the forward strand.
     With `show_progress`, batches done and an ETA (this rank's; ranks run in step)."""
-    from ..progress import progress
-
     was_training = model.training
     model.eval()
     views = tta_views(tta, store.max_shift)

@@ -21,9 +21,14 @@ import torch
 from .. import chunks
 from ..compiling import for_inference
 from ..data.formats.genome import Genome
+from ..data.formats.targets import strand_pairs
+from ..distributed import barrier, setup, teardown
 from ..errors import UserError
 from ..infer import choose_head, select_tracks, targets_for
+from ..progress import progress
 from ..saved import load
+from .genes import Annotation
+from .names import NameMap
 from .output import Layout, genes_path, write_output
 from .score import GENE_STATS, Scorer
 from .stats import PER_BIN, STATS
@@ -199,8 +204,6 @@ class Run:
 def plan_run(o: ScoreOptions, world) -> Run:
     """Loads the model and the inputs, checks every record of the VCF in a first streaming pass and
     cuts it into chunks; refuses (one line) what would fail later, before any output exists."""
-    from ..data.formats.targets import strand_pairs
-
     stats = parse_stats(o.stats)
     shifts = parse_shifts(o.shifts)
     _check_output(o, stats)
@@ -220,8 +223,6 @@ def plan_run(o: ScoreOptions, world) -> Run:
     genome = Genome(o.fasta)
     annotation = None
     if o.genes:
-        from .genes import Annotation
-        from .names import NameMap
 
         annotation = Annotation(o.genes, NameMap(genome.lengths))
     vcf = Vcf(o.vcf, genome, o.ref_mismatch, o.chunk_size)
@@ -254,8 +255,6 @@ def plan_run(o: ScoreOptions, world) -> Run:
 
 def score_chunks(run: Run, partial: str, mine: set[int], show: bool) -> int:
     """The second pass over the VCF: scores this rank's chunks into OUT.partial/; the variants scored."""
-    from ..progress import progress
-
     scored = 0
     # a bar with variants/s and ETA on a terminal, a plain line a minute in a log file
     with progress(sum(run.plan.chunks[c] for c in mine), "scoring", "variant", enabled=show) as bar:
@@ -299,8 +298,6 @@ def score_variants(o: ScoreOptions) -> dict | None:
     """`enformer-train score-variants`, under torchrun too. Rank 0 writes --out and returns the counts
     (variants, scored by this rank, windows predicted, seconds, skipped, flipped, renamed chromosomes,
     variant-gene pairs); other ranks return None."""
-    from ..distributed import barrier, setup, teardown
-
     _check_output(o, parse_stats(o.stats))  # before the process group: no rank waits on another's refusal
     parse_shifts(o.shifts)
     world = setup(o.device, o.collective_timeout_s, "score-variants")

@@ -21,12 +21,13 @@ import signal
 
 from ... import files
 from ...errors import UserError
+from ...progress import progress as progress_bar
 from ..formats.coverage import POOL_WIDTH, BigWig, check_chromosomes, read_blacklist, read_tracks, region_targets
 from ..formats.genome import Genome
 from ..formats.intervals import SPLITS, by_split
+from ..store import StoreWriter, check_targets
 from .pool import producer_results
 from .regions import read_regions, target_start
-from ..store import StoreWriter, check_targets
 
 CHUNK = 32  # regions per task: each bigWig is opened once per task
 
@@ -58,8 +59,6 @@ def prepare_coverage(out: str, organism: str, fasta: str, targets: str, regions:
                      progress: bool = True, nonfinite_targets: str = "refuse") -> dict:
     """Write the store `out` from bigWigs (the regions of `splits` only); returns its manifest. See the
     module docstring."""
-    from ...progress import progress as progress_bar
-
     if sequence_length <= 0 or target_length <= 0 or max_shift < 0 or chunk <= 0:
         raise UserError("--context and --target-length must be positive and --max-shift >= 0")
     if target_length * POOL_WIDTH > sequence_length:

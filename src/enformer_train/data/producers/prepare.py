@@ -30,14 +30,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from ...errors import UserError
 from ... import files
+from ...errors import UserError
+from ...progress import progress as progress_bar
 from ..formats.basenji import BasenjiRecords, Statistics, onehot_to_codes, split_files
-from ..formats.tfrecord import count_tfrecords
 from ..formats.genome import Genome
 from ..formats.intervals import SPLITS, Region, by_split, read_bed
-from .pool import pool_results, producer_results
+from ..formats.tfrecord import count_tfrecords
 from ..store import StoreWriter, check_targets
+from .pool import pool_results, producer_results
 
 DEFAULT_SEQUENCE_LENGTH = 196_608  # the model's input in bp
 RECORDS_PER_FILE = 256  # Basenji's basenji_data.py --seqs_per_tfr default (the barnyard data's); not assumed
@@ -245,8 +246,6 @@ def prepare(out: str, organism: str, fasta: str, basenji: str, bed: str | None =
 
     The records of each TFRecord file are counted; `records_per_file`, when given, is a check that
     every file but a split's last holds that many."""
-    from ...progress import progress as progress_bar
-
     if sequence_length <= 0 or max_shift < 0 or (records_per_file is not None and records_per_file <= 0):
         raise UserError("--context and --records-per-file must be positive and --max-shift >= 0")
     unknown = [s for s in splits if s not in SPLITS]
