@@ -295,3 +295,24 @@ def test_strand_pairs_from_column_and_errors(tmp_path):
     path.write_text("\tidentifier\tstrand_pair\n0\ta\t2\n1\tb\n")
     with pytest.raises(UserError, match="line 3: 2 tab-separated fields, expected 3"):
         read_targets(str(path))
+
+
+def test_targets_txt_line_numbers_count_blank_lines(tmp_path):
+    """An error names the line an editor shows: blank lines before it are counted (they are skipped
+    as rows). The same reader serves bigWig targets (read_tracks)."""
+    from enformer_train.data.formats.coverage import read_tracks
+
+    path = tmp_path / "targets.txt"
+    path.write_text("\n\tidentifier\tfile\tsum_stat\tdescription\n\n0\ta\ta.bw\tsum\tA\n\n1\tb\n")
+    rows_error = "targets.txt, line 6: 2 tab-separated fields, expected 5"
+    with pytest.raises(UserError, match=rows_error):
+        read_targets(str(path))
+    with pytest.raises(UserError, match=rows_error):
+        read_tracks(str(path))
+    path.write_text("\n\tidentifier\tfile\tsum_stat\tdescription\n\n0\ta\ta.bw\tsum\tA\n\n1\tb\tb.bw\tmode\tB\n")
+    assert [r["line"] for r in read_targets(str(path))] == ["4", "6"]
+    with pytest.raises(UserError, match="targets.txt, line 6: unknown sum_stat 'mode'"):
+        read_tracks(str(path))
+    path.write_text("\n\nindex\tfile\n0\ta.bw\n")
+    with pytest.raises(UserError, match="targets.txt, line 3: no 'identifier' column"):
+        read_targets(str(path))

@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import UserError
 from ... import files
+from .targets import read_targets
 
 POOL_WIDTH = 128
 BLACKLIST_WIDEN = 20  # bp added each side of a blacklist interval (baskerville's black_buffer)
@@ -75,27 +76,13 @@ def read_tracks(path: str, transform: str = "basenji") -> list[Track]:
         raise UserError(f"--transform {transform!r}: expected one of {', '.join(TRANSFORMS)}")
     if not files.exists(path):
         raise UserError(f"{path}: no such targets file")
-    lines = files.read_text(path).splitlines()
-    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-    if not numbered:
-        raise UserError(f"{path}: empty; expected a tab-separated header (index, identifier, file, clip, "
-                        f"clip_soft, scale, sum_stat, description) and one line per track")
-    header_line, header = numbered[0][0], numbered[0][1].split("\t")
-    if header[0] == "":
-        header[0] = "index"
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise UserError(f"{path}, line {header_line}: no {missing[0]!r} column; expected a tab-separated "
-                        f"header with index, identifier, file, clip, clip_soft, scale, sum_stat, description "
-                        f"(clip, clip_soft and scale may be left out)")
+    rows = read_targets(path, REQUIRED_COLUMNS, "index, identifier, file, clip, clip_soft, scale, sum_stat, "
+                        "description; clip, clip_soft and scale may be left out")
     base = os.path.dirname(path)
     tracks = []
-    for number, line in numbered[1:]:
+    for row in rows:
+        number = int(row.pop("line"))
         where = f"{path}, line {number}"
-        values = line.split("\t")
-        if len(values) != len(header):
-            raise UserError(f"{where}: {len(values)} tab-separated fields, expected {len(header)} as in the header")
-        row = dict(zip(header, values))
         sum_stat = row["sum_stat"].strip()
         if sum_stat not in SUM_STATS:
             raise UserError(f"{where}: unknown sum_stat {sum_stat!r}; expected one of {', '.join(SUM_STATS)}")

@@ -21,19 +21,28 @@ from ...errors import UserError
 from ... import files
 
 
-def read_targets(path: str) -> list[dict[str, str]]:
-    """Rows of targets.txt as dicts keyed by the header's column names ('index' for an empty first name)."""
-    lines = [line for line in files.read_text(path).splitlines() if line.strip()]
-    if not lines:
-        raise UserError(f"{path}: empty; expected Basenji's targets.txt with a header line")
-    header = lines[0].split("\t")
+BASENJI_COLUMNS = "index, genome, identifier, file, clip, scale, sum_stat, description"
+
+
+def read_targets(path: str, required: tuple[str, ...] = ("identifier",),
+                 expected: str = BASENJI_COLUMNS) -> list[dict[str, str]]:
+    """Rows of targets.txt as dicts keyed by the header's column names ('index' for an empty first
+    name), each with 'line': its line number in the file (blank lines are skipped but counted, so
+    an error names the line an editor shows). A header without one of `required` is an error naming
+    it and the `expected` columns."""
+    numbered = [(n, line) for n, line in enumerate(files.read_text(path).splitlines(), start=1) if line.strip()]
+    if not numbered:
+        raise UserError(f"{path}: empty; expected Basenji's targets.txt: a tab-separated header ({expected}) "
+                        f"and one line per track")
+    header_line, header = numbered[0][0], numbered[0][1].split("\t")
     if header[0] == "":
         header[0] = "index"
-    if "identifier" not in header:
-        raise UserError(f"{path}, line 1: no 'identifier' column; expected Basenji's targets.txt header "
-                        f"(index, genome, identifier, file, clip, scale, sum_stat, description)")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(f"{path}, line {header_line}: no {missing[0]!r} column; expected Basenji's targets.txt "
+                        f"header ({expected})")
     rows = []
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in numbered[1:]:
         fields = line.split("\t")
         if len(fields) != len(header):
             raise UserError(f"{path}, line {number}: {len(fields)} tab-separated fields, expected {len(header)} "
