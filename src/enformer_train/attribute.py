@@ -41,6 +41,7 @@ import torch
 
 from . import chunks
 from .data.augment import COMPLEMENT
+from .data.formats.coverage import BigWigWriter, require_bigwig_writer
 from .data.formats.genome import Genome
 from .data.formats.targets import strand_pairs
 from .distributed import barrier, setup, teardown
@@ -339,8 +340,6 @@ def write_arrays(out: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
 def write_bigwigs(out: str, genome: Genome, arrays: dict[str, np.ndarray], names: list[str]) -> list[str]:
     """Per-base scores on the genome's coordinates: one bigWig (or one per track of --per-track,
     OUT_STEM.trackI.bw), positions past a chromosome's ends and unscored (NaN) bases left out."""
-    import pyBigWig
-
     scores = arrays["scores"]  # [R, (k,) W]
     per_track = scores.ndim == 3
     paths = _bigwig_paths(out, list(arrays["tracks"]), per_track)
@@ -348,17 +347,9 @@ def write_bigwigs(out: str, genome: Genome, arrays: dict[str, np.ndarray], names
                                                                  int(arrays["span_start"][r])))
     for j, path in enumerate(paths):
         def write(tmp: str, j=j) -> None:
-            bw = pyBigWig.open(tmp, "w")
-            bw.addHeader([(c, genome.lengths[c]) for c in names])
-            for r in order:
-                chrom, start = str(arrays["chrom"][r]), int(arrays["span_start"][r])
-                values = scores[r, j] if per_track else scores[r]
-                positions = start + np.arange(values.shape[0])
-                keep = (positions >= 0) & (positions < genome.lengths[chrom]) & np.isfinite(values)
-                if keep.any():
-                    bw.addEntries([chrom] * int(keep.sum()), positions[keep].tolist(),
-                                  ends=(positions[keep] + 1).tolist(), values=values[keep].astype(float).tolist())
-            bw.close()
+            with BigWigWriter(tmp, [(c, genome.lengths[c]) for c in names]) as bw:
+                for r in order:
+                    bw.bases(str(arrays["chrom"][r]), int(arrays["span_start"][r]), scores[r, j] if per_track else scores[r])
         atomic_write(path, write)
     return paths
 
@@ -537,10 +528,7 @@ def _refuse_options(out: str, plot: str | None, method: str, transform: str | No
         if name and os.path.exists(name) and not force:
             raise UserError(f"{name} exists; pass --force to replace it")
     if out.endswith(_BIGWIG):
-        try:
-            import pyBigWig  # noqa: F401
-        except ImportError:
-            raise UserError("bigWig output needs pyBigWig (pip install pyBigWig); or write .npz") from None
+        require_bigwig_writer()
     if out.endswith((".h5", ".hdf5")):
         try:
             import h5py  # noqa: F401

@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from .compiling import for_inference
+from .data.formats.coverage import BigWigWriter, require_bigwig_writer
 from .data.formats.genome import Genome
 from .distributed import choose_device
 from .errors import UserError
@@ -31,14 +32,9 @@ def parse_region(text: str) -> tuple[str, int, int]:
 
 
 def write_bigwig(path: str, chrom: str, chrom_length: int, span_start: int, bin_size: int, values: np.ndarray) -> None:
-    import pyBigWig
-
-    bw = pyBigWig.open(path, "w")
-    bw.addHeader([(chrom, chrom_length)])
-    starts = span_start + bin_size * np.arange(len(values))
-    keep = (starts >= 0) & (starts + bin_size <= chrom_length)
-    bw.addEntries(chrom, int(starts[keep][0]), values=[float(v) for v in values[keep]], span=bin_size, step=bin_size)
-    bw.close()
+    """One track's bins as a bigWig over `chrom` (bins past its ends left out)."""
+    with BigWigWriter(path, [(chrom, chrom_length)]) as bw:
+        bw.steps(chrom, span_start, values, bin_size)
 
 
 _BIGWIG = (".bw", ".bigwig", ".bigWig")
@@ -69,10 +65,7 @@ def run_predict(checkpoint: str, fasta: str, region: str, out: str, organism: st
     written = [out]
     descriptions = [rows[i].get("description", "") if rows else "" for i in chosen]
     if out.endswith(_BIGWIG):
-        try:
-            import pyBigWig  # noqa: F401
-        except ImportError:
-            raise UserError("bigWig output needs pyBigWig (pip install pyBigWig); or write .npz") from None
+        require_bigwig_writer()
         if len(chosen) == 1:
             write_bigwig(out, chrom, genome.lengths[chrom], span_start, bin_size, pred[:, 0])
         else:

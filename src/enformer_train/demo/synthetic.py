@@ -41,6 +41,7 @@ import numpy as np
 
 from ..codes import one_hot
 from ..data.formats.basenji import write_records
+from ..data.formats.coverage import BigWigWriter
 from ..data.formats.genome import encode
 
 SPLITS = ("train", "valid", "test")
@@ -262,8 +263,6 @@ def _write_fasta(path: str, sequences: dict[str, np.ndarray], width: int = 60) -
 
 def _write_bigwigs(folder: str, organism: _Organism, seed: int) -> str:
     """The organism's tracks as bigWigs of base coverage, and a targets.txt naming them; returns its path."""
-    import pyBigWig
-
     c = organism.config
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
@@ -274,14 +273,11 @@ def _write_bigwigs(folder: str, organism: _Organism, seed: int) -> str:
                                 for first in range(0, bins * c.pool_width, c.target_length * c.pool_width)])
         counts[chrom] = rng.poisson(rates[:bins])
     for t, track in enumerate(organism.tracks):
-        bw = pyBigWig.open(os.path.join(folder, f"{track.identifier}.bw"), "w")
-        bw.addHeader(list(organism.chroms.items()))
-        for chrom, size in organism.chroms.items():
-            gap = int(np.argmax(organism.sequences[chrom] != ord("N")))  # no data over the leading N run
-            first = -(-gap // c.pool_width)
-            values = counts[chrom][first:, t] / c.pool_width
-            bw.addEntries(chrom, first * c.pool_width, values=values.tolist(), span=c.pool_width, step=c.pool_width)
-        bw.close()
+        with BigWigWriter(os.path.join(folder, f"{track.identifier}.bw"), list(organism.chroms.items())) as bw:
+            for chrom in organism.chroms:
+                gap = int(np.argmax(organism.sequences[chrom] != ord("N")))  # no data over the leading N run
+                first = -(-gap // c.pool_width)
+                bw.steps(chrom, first * c.pool_width, counts[chrom][first:, t] / c.pool_width, c.pool_width)
     path = os.path.join(folder, "targets.txt")
     with open(path, "w") as f:
         f.write("index\tidentifier\tfile\tclip\tclip_soft\tscale\tsum_stat\tdescription\n")

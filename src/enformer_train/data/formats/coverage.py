@@ -248,6 +248,55 @@ def coverage_targets(c: np.ndarray, track: Track, intervals: np.ndarray | None =
     return transform_bins(c, track, transform, pool_width)
 
 
+# --- writing bigWigs ---------------------------------------------------------------------------
+
+def require_bigwig_writer():
+    """pyBigWig, which writes bigWigs (pybigtools here only reads them); a UserError saying how to
+    get it, raised before any work where a command will write one."""
+    try:
+        import pyBigWig
+    except ImportError:
+        raise UserError("writing bigWig files needs pyBigWig (pip install 'enformer-train[bigwig]'); "
+                        "or write .npz") from None
+    return pyBigWig
+
+
+class BigWigWriter:
+    """A bigWig being written at `path` over chromosomes [(name, length)], entries in genome order:
+    `steps` (values every `step` bases from `start`, each covering `step`) or `bases` (one value
+    per listed base). Positions past a chromosome's ends and NaN values are left out."""
+
+    def __init__(self, path: str, chroms: list[tuple[str, int]]):
+        self.lengths = dict(chroms)
+        self._file = require_bigwig_writer().open(path, "w")
+        self._file.addHeader(list(chroms))
+
+    def steps(self, chrom: str, start: int, values: np.ndarray, step: int) -> None:
+        starts = start + step * np.arange(len(values))
+        keep = (starts >= 0) & (starts + step <= self.lengths[chrom])
+        if keep.any():
+            first = int(np.argmax(keep))
+            last = len(keep) - int(np.argmax(keep[::-1]))
+            self._file.addEntries(chrom, int(starts[first]), values=[float(v) for v in values[first:last]],
+                                  span=step, step=step)
+
+    def bases(self, chrom: str, start: int, values: np.ndarray) -> None:
+        positions = start + np.arange(values.shape[0])
+        keep = (positions >= 0) & (positions < self.lengths[chrom]) & np.isfinite(values)
+        if keep.any():
+            self._file.addEntries([chrom] * int(keep.sum()), positions[keep].tolist(),
+                                  ends=(positions[keep] + 1).tolist(), values=values[keep].astype(float).tolist())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # --- reading bigWigs ---------------------------------------------------------------------------
 
 def _backend():
