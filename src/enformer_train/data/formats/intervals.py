@@ -25,6 +25,15 @@ class Region:
         return self.end - self.start
 
 
+def check_splits(splits: tuple[str, ...]) -> tuple[str, ...]:
+    """--splits: a non-empty subset of SPLITS, else a UserError."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise UserError(f"--splits: unknown split {unknown[0] if unknown else '(none)'!r}; "
+                        f"expected a comma-separated subset of {','.join(SPLITS)}")
+    return splits
+
+
 def read_bed(path: str, genome=None, splits=SPLITS) -> list[Region]:
     """All regions of a sequences.bed, checked (against `genome`'s chromosome lengths when given).
 

@@ -17,16 +17,15 @@ readable is written last.
 from __future__ import annotations
 
 import os
-import signal
 
 from ... import files
 from ...errors import UserError
 from ...progress import progress as progress_bar
 from ..formats.coverage import POOL_WIDTH, BigWig, check_chromosomes, read_blacklist, read_tracks, region_targets
 from ..formats.genome import Genome
-from ..formats.intervals import SPLITS, by_split
+from ..formats.intervals import SPLITS, by_split, check_splits
 from ..store import StoreWriter, check_targets
-from .pool import producer_results
+from .pool import producer_results, worker_inputs
 from .regions import read_regions, target_start
 
 CHUNK = 32  # regions per task: each bigWig is opened once per task
@@ -63,10 +62,7 @@ def prepare_coverage(out: str, organism: str, fasta: str, targets: str, regions:
         raise UserError("--context and --target-length must be positive and --max-shift >= 0")
     if target_length * POOL_WIDTH > sequence_length:
         raise UserError(f"--target-length {target_length} x {POOL_WIDTH} bp is longer than --context {sequence_length}")
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown or not splits:
-        raise UserError(f"--splits: unknown split {unknown[0] if unknown else '(none)'!r}; "
-                        f"expected a comma-separated subset of {','.join(SPLITS)}")
+    check_splits(splits)
     tracks = read_tracks(targets, transform)
     genome = Genome(fasta)
     found = by_split(read_regions(regions, genome, sequence_length, target_length))
@@ -91,14 +87,13 @@ def prepare_coverage(out: str, organism: str, fasta: str, targets: str, regions:
              for split, split_rows in rows.items() for first in range(0, len(split_rows), chunk)
              if str(first) not in writer.done(split)]
     resumed = sum(-(-len(r) // chunk) for r in rows.values()) - len(tasks)
-    worker_inputs = {"writer": writer, "genome": genome, "tracks": tracks, "blacklist": black,
+    shared = {"writer": writer, "genome": genome, "tracks": tracks, "blacklist": black,
                      "transform": transform, "target_length": target_length, "targets": targets,
                      "nonfinite_targets": nonfinite_targets}
     workers = (os.cpu_count() or 1) if workers is None else workers
     with progress_bar(sum(t[2] - t[1] for t in tasks), f"prepare {organism}", "seq",
                       enabled=progress) as bar, \
-            producer_results(_write_chunk, tasks, _init_worker, worker_inputs, workers, _describe_chunk,
-                             _worker_inputs) as results:
+            producer_results(_write_chunk, tasks, shared, workers, _describe_chunk) as results:
         for split, first, count in results:
             writer.mark_done(split, str(first), {"count": count})
             bar.update(count)
@@ -114,19 +109,10 @@ def prepare_coverage(out: str, organism: str, fasta: str, targets: str, regions:
 
 # --- the worker side: one chunk of regions -> its samples in the store --------------------------
 
-_worker_inputs: dict = {}
-
-
-def _init_worker(inputs: dict) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
-    _worker_inputs.clear()
-    _worker_inputs.update(inputs)
-
-
 def _write_chunk(task: tuple[str, int, int]) -> tuple[str, int, int]:
     """Samples first..end-1 of a split: each bigWig opened once, one read per region and track."""
     split, first, end = task
-    inputs = _worker_inputs
+    inputs = worker_inputs
     writer: StoreWriter = inputs["writer"]
     genome: Genome = inputs["genome"]
     tracks, target_length = inputs["tracks"], inputs["target_length"]

@@ -68,15 +68,25 @@ def pool_results(function: Callable, tasks: list, initializer: Callable, initarg
             finish()
 
 
-def producer_results(function: Callable, tasks: list, initializer: Callable, inputs: dict, workers: int,
-                     describe: Callable[[object], str], worker_state: dict):
-    """pool_results for a store producer: `initializer(inputs)` in each worker, and on the way out
-    the writer (inputs['writer']) closed and the producer's per-process `worker_state` dropped."""
+# What a store producer's tasks share (the genome, the writer, ...): set once per worker process by
+# _init_producer (in this process when there are no workers), so tasks carry only their own part.
+worker_inputs: dict = {}
+
+
+def _init_producer(inputs: dict) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
+    worker_inputs.clear()
+    worker_inputs.update(inputs)
+
+
+def producer_results(function: Callable, tasks: list, inputs: dict, workers: int, describe: Callable[[object], str]):
+    """pool_results for a store producer: `inputs` become each worker's `worker_inputs`, and on the
+    way out the writer (inputs['writer']) is closed and `worker_inputs` dropped."""
     def finish() -> None:
         inputs["writer"].close()
-        worker_state.clear()
+        worker_inputs.clear()
 
-    return pool_results(function, tasks, initializer, (inputs,), workers, describe, finish)
+    return pool_results(function, tasks, _init_producer, (inputs,), workers, describe, finish)
 
 
 def _results(executor: ProcessPoolExecutor, function: Callable, tasks: list, started, describe) -> Iterator:

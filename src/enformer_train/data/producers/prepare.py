@@ -25,7 +25,6 @@ written only at the very end. The store's files, resume state and manifest are S
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import replace
 
 import numpy as np
@@ -35,10 +34,10 @@ from ...errors import UserError
 from ...progress import progress as progress_bar
 from ..formats.basenji import BasenjiRecords, Statistics, onehot_to_codes, split_files
 from ..formats.genome import Genome
-from ..formats.intervals import SPLITS, Region, by_split, read_bed
+from ..formats.intervals import SPLITS, Region, by_split, check_splits, read_bed
 from ..formats.tfrecord import count_tfrecords
 from ..store import StoreWriter, check_targets
-from .pool import pool_results, producer_results
+from .pool import pool_results, producer_results, worker_inputs
 
 DEFAULT_SEQUENCE_LENGTH = 196_608  # the model's input in bp
 RECORDS_PER_FILE = 256  # Basenji's basenji_data.py --seqs_per_tfr default (the barnyard data's); not assumed
@@ -80,20 +79,10 @@ def _sequence_rows(rows: list[Region], statistics: Statistics) -> list[Region]:
 
 # --- the worker side: one TFRecord file -> its samples in the store ---------------------------
 
-# What every file conversion of this process reads (statistics, genome, writer):
-# set once per pool process by _init_worker, so tasks carry only their file.
-_worker_inputs: dict = {}
-
-
-def _init_worker(inputs: dict) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
-    _worker_inputs.clear()
-    _worker_inputs.update(inputs)
-
-
+# What every file conversion of this process reads (statistics, genome, writer): pool.worker_inputs.
 def _convert_file(task: tuple[str, int, str, int, int]) -> dict:
     split, number, path, first, expected = task
-    inputs = _worker_inputs
+    inputs = worker_inputs
     stats: Statistics = inputs["statistics"]
     writer: StoreWriter = inputs["writer"]
     rows: list[Region] = writer.regions[split]
@@ -248,10 +237,7 @@ def prepare(out: str, organism: str, fasta: str, basenji: str, bed: str | None =
     every file but a split's last holds that many."""
     if sequence_length <= 0 or max_shift < 0 or (records_per_file is not None and records_per_file <= 0):
         raise UserError("--context and --records-per-file must be positive and --max-shift >= 0")
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown or not splits:
-        raise UserError(f"--splits: unknown split {unknown[0] if unknown else '(none)'!r}; "
-                        f"expected a comma-separated subset of {','.join(SPLITS)}")
+    check_splits(splits)
     workers = (os.cpu_count() or 1) if workers is None else workers
     bed = bed or files.join(basenji, "sequences.bed")
     statistics_path = files.join(basenji, "statistics.json")
@@ -280,11 +266,10 @@ def prepare(out: str, organism: str, fasta: str, basenji: str, bed: str | None =
     rows_done = {s: sum(r["count"] for r in earlier[s]) for s in splits}
     allowed = {split: int(max_mismatch_rate * len(rows[split])) for split in splits}
     nonfinite = {s: _sum_counts(r.get("nonfinite", []) for r in earlier[s]) for s in splits}
-    worker_inputs = {"statistics": statistics, "genome": genome, "writer": writer,
+    shared = {"statistics": statistics, "genome": genome, "writer": writer,
                      "nonfinite_targets": nonfinite_targets, "pool_factor": pool_factor}
     with progress_bar(sum(t[4] for t in tasks), f"prepare {organism}", "seq", enabled=progress) as bar, \
-            producer_results(_convert_file, tasks, _init_worker, worker_inputs, workers, _describe_file,
-                             _worker_inputs) as results:
+            producer_results(_convert_file, tasks, shared, workers, _describe_file) as results:
         for result in results:
             split = result["split"]
             mismatches[split] += result["mismatches"]
