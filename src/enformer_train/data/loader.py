@@ -17,7 +17,7 @@ the number of batches it has handed out: state_dict() / load_state_dict() resume
 
 Batches: {'sequence': uint8 [batch, sequence_length] codes, 'target': float16 [batch, positions, tracks],
 'index': int64 [batch] sample numbers, 'shift': int64 [batch], 'reverse_complement': bool [batch]}.
-`to_device` makes the one-hot float input and float32 targets on the device.
+`to_device` moves the uint8 codes (the model one-hots them) and makes float32 targets on the device.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import UserError
-from ..model.enformer import one_hot
 from .augment import COMPLEMENT, Augment, FixedView, window_margin
 
 # Salt of the epoch permutation's random stream: Augment draws from (seed, epoch, sample, AUGMENT_SALT),
@@ -219,16 +218,14 @@ class Loader:
         self._handed_out = state["epoch"] * self._steps + state["position"]
 
 
-def to_device(batch: dict, device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict:
-    """Move a batch to `device`: 'sequence' becomes one-hot [batch, length, 4] of `dtype` (N = zeros)
-    and 'target' float32 there; the conversions run on the device, after the small uint8 copy."""
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """Move a batch to `device`: 'sequence' stays uint8 codes (the model one-hots them there, in its
+    own dtype) and 'target' becomes float32 there, after the small float16 copy."""
     device = torch.device(device)
     out = {}
     for key, value in batch.items():
         if isinstance(value, dict):
-            out[key] = to_device(value, device, dtype)
-        elif key == "sequence":
-            out[key] = one_hot(value.to(device, non_blocking=True), dtype)
+            out[key] = to_device(value, device)
         elif key == "target":
             out[key] = value.to(device, non_blocking=True).float()
         elif isinstance(value, torch.Tensor):

@@ -295,7 +295,7 @@ class Trainer:
         if self.failed_saves == 0:
             return path
         if path is None:
-            self._report_nonfinite(f"{why}, no checkpoint")
+            self._report_end(f"{why}, no checkpoint")
             raise UserError(f"{why} at step {self.step}: no checkpoint could be saved ({self.save_problem}) and none "
                             "was saved before, so there is nothing to resume from; free space and start the run again")
         if self.world.is_main:
@@ -434,7 +434,7 @@ class Trainer:
                     self.pending.setdefault(key, []).append(value)
                 if self.nonfinite_run >= t.max_nonfinite:
                     path = self._save_last("stopped for non-finite steps")
-                    self._report_nonfinite(f"stopped for non-finite steps, checkpoint {path.name}")
+                    self._report_end(f"stopped for non-finite steps, checkpoint {path.name}")
                     raise NonFiniteError(f"{t.max_nonfinite} steps in a row had a non-finite loss or gradient "
                                          f"(step {self.step}); saved {path}. Check the data for NaN/inf targets, or "
                                          "lower train.learning_rate")
@@ -453,12 +453,12 @@ class Trainer:
                 signum = self._stop_requested()
                 if signum:
                     path = self._save_last(f"stopped by {signal.Signals(signum).name}")
-                    self._report_nonfinite(f"stopped by {signal.Signals(signum).name}, checkpoint {path.name}")
+                    self._report_end(f"stopped by {signal.Signals(signum).name}, checkpoint {path.name}")
                     raise Stopped(signum, str(path))
             if self.world.is_main:
                 save_model(finetune.plain_model(self.model), self.run_dir / "model.safetensors")
             barrier("the barrier after saving the model")
-            self._report_nonfinite("finished")
+            self._report_end("finished")
             return last_eval
         finally:
             if bar is not None:
@@ -480,7 +480,7 @@ class Trainer:
         elif self._steps_here == 2:
             self._compiled_frames_after_2 = _compiled_frames()
 
-    def _report_nonfinite(self, end: str) -> None:
+    def _report_end(self, end: str) -> None:
         """The run's end in metrics.jsonl ({'end': ...}; a resumed run drops its predecessor's) and
         on stdout, with the number of updates skipped for a non-finite loss or gradient."""
         self.log.log(self.step, {"end": end, "nonfinite_skipped": self.nonfinite_total})
