@@ -45,7 +45,7 @@ def _compare(module: torch.nn.Module, x: torch.Tensor, rtol: float) -> None:
 @pytest.mark.parametrize("config", [
     tiny_config(),
     # the quarter-width model's layer (channels 384, 8 heads, value size 48) at 196,608 bp: 1,536 positions
-    EnformerConfig(channels=384, num_transformer_layers=11),
+    pytest.param(EnformerConfig(channels=384, num_transformer_layers=11), marks=pytest.mark.slow),
 ], ids=["tiny", "quarter-196608bp"])
 def test_attention_layer_paths_agree(config):
     config = no_dropout(config)

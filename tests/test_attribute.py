@@ -103,6 +103,7 @@ def test_input_grad_equals_finite_differences_and_the_colabs_formula(files, tmp_
     np.testing.assert_allclose(z["hypothetical"][0], hypothetical[0].numpy(), rtol=1e-3, atol=1e-7)  # 32 vs 64 bits
 
 
+@pytest.mark.slow
 def test_per_track_maps_equal_one_run_per_track_and_mean_centring_subtracts_the_base_mean(files, tmp_path):
     z = _attribute(files, tmp_path / "k.npz", "--tracks", "4,0,2", "--per-track")
     assert z["scores"].shape == (1, 3, LENGTH) and list(z["tracks"]) == [4, 0, 2]
@@ -144,6 +145,7 @@ def test_rc_averages_the_map_with_the_reverse_complement_genomes_map_flipped_bac
 
 # -- in-silico mutagenesis ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ism_equals_predictions_of_genomes_with_each_mutation_written_in(files, tmp_path):
     seq = files["sequences"]["chr1"]
     seq = seq[:1403] + "N" + seq[1404:]  # one position that is not ACGT
@@ -195,6 +197,7 @@ def test_integrated_gradients_sum_to_the_targets_change_from_the_baseline(files)
     assert attributions.shape == (LENGTH, 4) and (attributions[:, 0] != 0).any()  # not only at the sequence's bases
 
 
+@pytest.mark.slow
 def test_the_command_writes_h5_with_integrated_gradients_and_its_delta(files, tmp_path):
     h5py = pytest.importorskip("h5py")
     pytest.importorskip("captum")
@@ -215,6 +218,7 @@ def test_the_command_writes_h5_with_integrated_gradients_and_its_delta(files, tm
 
 # -- output -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bigwigs_hold_the_npz_scores_at_their_positions_and_plot_writes_a_png(files, tmp_path):
     pyBigWig = pytest.importorskip("pyBigWig")
     pytest.importorskip("logomaker")
@@ -248,6 +252,8 @@ def test_bigwigs_hold_the_npz_scores_at_their_positions_and_plot_writes_a_png(fi
     assert not (tmp_path / "o.bw").exists() and not (tmp_path / "o.bw.partial").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_stopped_regions_run_resumes_and_two_ranks_write_the_file_of_one(files, tmp_path, monkeypatch):
     from enformer_train import attribute
     from train_helpers import env

@@ -45,6 +45,7 @@ def test_rng_state_round_trip():
     assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
 
 
+@pytest.mark.slow
 def test_train_refuses_a_folder_holding_a_run_without_resume(tmp_path, capsys):
     from enformer_train.cli import main
     from enformer_train.saved.checkpoint import run_reached

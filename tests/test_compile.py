@@ -51,6 +51,7 @@ _CONFIGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backward", [False, pytest.param(True, marks=pytest.mark.skipif(
     not _TRACES_BACKWARD, reason="this torch cannot trace a backward call"))], ids=["forward-loss", "with-backward"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
@@ -69,6 +70,7 @@ def test_training_step_traces_whole(config, checkpointing, backward):
         assert model.stem.conv.weight.grad is not None and model.stem.conv.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backward", [False, pytest.param(True, marks=pytest.mark.skipif(
     not _TRACES_BACKWARD, reason="this torch cannot trace a backward call"))], ids=["forward-loss", "with-backward"])
 def test_bf16_autocast_training_step_traces_whole(backward):
@@ -79,6 +81,7 @@ def test_bf16_autocast_training_step_traces_whole(backward):
     assert all(int(m.num_batches_tracked) == 1 for m in model.modules() if hasattr(m, "num_batches_tracked"))
 
 
+@pytest.mark.slow
 def test_compiled_checkpointed_model_equals_eager():
     """Gradient checkpointing compiled (AOTAutograd's recomputation, no inductor: the same graphs
     the trainer's compile lowers): two steps give eager's loss, gradients and moving averages, each
@@ -117,6 +120,8 @@ def test_compile_on_torch_2_4_is_refused_in_one_line(tmp_path):
         "model, 'Invalid NaN comparison' in its value ranges); set train.compile=false or upgrade torch")
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(_OLD_TORCH, reason="train.compile needs torch 2.5 or newer")
 def test_compiled_training_on_two_ranks_equals_eager_and_compiles_once(tmp_path):
     """20 steps of train.compile=true against eager on 2 gloo ranks, in float64 (train.precision=fp64:

@@ -40,6 +40,7 @@ def _reference(depth=2, **kw):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_enformer_pytorch_model_converted_gives_the_same_outputs_at_196608_bp():
     reference = _reference()
     ours = from_enformer_pytorch(reference.state_dict()).eval()
@@ -180,6 +181,7 @@ def _write_tf_checkpoint(variables, prefix):
     return tf.train.Checkpoint(module=root).write(prefix)
 
 
+@pytest.mark.slow
 def test_sonnet_checkpoint_imports_through_tensorflow_reader(tmp_path):
     pytest.importorskip("tensorflow")
     from enformer_train import Enformer

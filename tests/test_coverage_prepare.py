@@ -161,6 +161,7 @@ def test_prepare_command_with_targets(tmp_path, capsys):
     assert json.load(open(tmp_path / "s" / "manifest.json"))["transform"] == "baskerville"
 
 
+@pytest.mark.slow
 def test_a_model_trains_on_the_bigwig_store(tmp_path, tmp_path_factory):
     store = bigwig_store(tmp_path_factory)
     model = [a for a in TINY_MODEL if not a.startswith("model.heads")] + ["model.heads={human: 8}"]

@@ -43,6 +43,8 @@ def _worker(rank, world_size, port, out):
         teardown()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_validation_on_two_ranks_equals_one_rank_on_an_uneven_split(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     two = [torch.load(tmp_path / f"sums{r}.pt", weights_only=True) for r in range(2)]
@@ -99,6 +101,7 @@ def test_assay_types_by_description_prefix_and_the_figure(tmp_path):
     assert (tmp_path / "evaluate-human.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_tracks_and_summary(tmp_path, capsys):
     run(1, overrides(tmp_path / "run", 2, 4))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
@@ -161,6 +164,7 @@ def test_evaluate_and_convert_on_foreign_files_say_what_is_expected(tmp_path, ca
     assert what in convert_err and "expected an enformer-pytorch state dict" in convert_err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch_version() < MIN_TORCH,
                     reason="--compile needs torch 2.5 or newer")
 def test_compiled_evaluation_equals_eager_and_compiles_once():

@@ -111,6 +111,7 @@ def test_evaluation_reports_non_finite_values_instead_of_averaging_over_fewer_tr
     assert stats.nonfinite() == {"predictions": {}, "targets": {1: 1}}
 
 
+@pytest.mark.slow
 def test_evaluate_command_names_the_non_finite_targets_it_meets(tmp_path, capsys):
     import shutil
 

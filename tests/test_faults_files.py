@@ -99,6 +99,7 @@ def _resume_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if "skipped" in line or "resuming" in line]
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_refused_by_evaluate_and_predict_and_resume_uses_the_one_before(tmp_path, capsys):
     from enformer_train.cli import main
 
@@ -190,6 +191,7 @@ def test_resume_with_another_model_config_names_the_keys(tmp_path, capsys):
 
 # -- 9: stale temporary files of saves cut short ------------------------------------------------
 
+@pytest.mark.slow
 def test_stale_temporaries_are_removed_at_start_and_nothing_else(tmp_path, capsys):
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
@@ -234,6 +236,7 @@ def test_full_disk_skips_checkpoints_with_one_line_and_retries(tmp_path, capsys,
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_three_failed_saves_in_a_row_stop_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     status, err = _train(capsys, tmp_path / "run", 1)
     assert status == 0, err
@@ -246,6 +249,7 @@ def test_three_failed_saves_in_a_row_stop_with_the_last_good_checkpoint(tmp_path
     assert (tmp_path / "run" / "checkpoints" / "step-00000001.pt").read_bytes() == good
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGTERM", "non-finite"])
 def test_a_stop_with_a_full_disk_and_no_checkpoint_yet_says_nothing_could_be_saved(tmp_path, capsys, monkeypatch,
                                                                                     stop):

@@ -79,6 +79,7 @@ def test_init_from_converted_enformer_pytorch_model_gives_its_outputs_before_any
     assert first["step"] == 0 and first["fresh"] == report["fresh"] and first["dropped"] == report["dropped"]
 
 
+@pytest.mark.slow
 def test_frozen_trunk_keeps_every_trunk_tensor_and_trains_the_new_head(tmp_path):
     pretrained = _pretrained(tmp_path)
     config = load_run_config(None, _overrides(
@@ -96,6 +97,7 @@ def test_frozen_trunk_keeps_every_trunk_tensor_and_trains_the_new_head(tmp_path)
     assert len(state["optimizer"]["state"]) == 2
 
 
+@pytest.mark.slow
 def test_low_rank_adapters_change_alone_and_merge_into_the_saved_model(tmp_path, capsys):
     pretrained = _pretrained(tmp_path)
     config = load_run_config(None, _overrides(
@@ -123,6 +125,7 @@ def test_low_rank_adapters_change_alone_and_merge_into_the_saved_model(tmp_path,
     assert not torch.equal(merged.state_dict()["transformer.0.attention.q.weight"], before["transformer.0.attention.q.weight"])
 
 
+@pytest.mark.slow
 def test_resumed_fine_tuning_run_equals_the_uninterrupted_one(tmp_path):
     pretrained = _pretrained(tmp_path)
     common = ["model.heads={k562: 8}", f"data.stores.k562={store_dir('human')}", "train.lora_rank=2",
@@ -136,6 +139,7 @@ def test_resumed_fine_tuning_run_equals_the_uninterrupted_one(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_a_runs_own_config_notes_a_factor_on_a_frozen_module_once(tmp_path, capsys):
     from train_helpers import overrides
 

@@ -36,6 +36,8 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="the page is x86-64 only")
 def test_every_rank_gets_the_rank_order_float64_sum_and_no_file_is_left(tmp_path):
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
@@ -71,6 +73,8 @@ def _full_worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate")
 def test_no_room_for_the_page_leaves_every_rank_on_gloo(tmp_path):
     before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
@@ -108,6 +112,8 @@ def _page_files() -> set:
     return {name for name in os.listdir("/dev/shm") if name.startswith("enformer-train-")}
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64") or not os.path.isdir("/dev/shm"),
                     reason="the page is x86-64 only")
 @pytest.mark.parametrize("fault", ["kill", "stop"])

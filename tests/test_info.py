@@ -1,8 +1,11 @@
+import pytest
+
 from enformer_train.cli import main
 from enformer_train.model.info import measure
 from model_helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_info_prints_parameters_per_part(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

@@ -125,6 +125,7 @@ def test_batchnorm_moving_averages_are_debiased_as_sonnet():
     assert bn.num_batches_tracked.item() == 3
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_same_gradients_and_counts_each_batch_once():
     torch.manual_seed(0)
     base = Enformer(no_dropout(tiny_config())).train()
@@ -176,6 +177,7 @@ def test_config_errors_name_the_option():
         EnformerConfig(channels=192)
 
 
+@pytest.mark.slow
 def test_fused_functions_have_exact_gradients():
     """The hand-written backward passes (batch norm + GELU, softmax pooling, softmax + dropout +
     matmul) against finite differences in float64."""

@@ -2,6 +2,7 @@
 with the moments summed by gloo's all_reduce and through the host's shared page alike."""
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -60,6 +61,8 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_ranks_with_half_batches_equal_one_rank_with_the_whole_batch(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"page{r}.pt", weights_only=True) for r in range(2)]

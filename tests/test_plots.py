@@ -28,10 +28,16 @@ def test_track_panels_overlay_measured_and_predicted_in_genome_coordinates():
     assert np.allclose([region[0].get_x(), region[0].get_x() + region[0].get_width()], [1_000_100, 1_000_300])
 
 
-def test_training_loss_axis_explains_negative_values(tmp_path):
+def test_training_loss_axis_explains_negative_values(tmp_path, saved_figures):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
         {"step": 1, "loss/human": 0.5}, {"step": 2, "loss/human": -0.2, "valid/human/pearson_r": 0.3}]))
     plot_training(tmp_path, tmp_path / "t.png")
-    assert (tmp_path / "t.png").stat().st_size > 5_000
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax_loss, ax_r = saved_figures[tmp_path / "t.png"].axes
+    assert (ax_loss.get_title(), ax_r.get_title()) == ("Training loss (training batches)", "Validation Pearson R")
+    [loss] = ax_loss.get_lines()  # every logged loss against its step; R only where validation ran
+    assert (loss.get_label(), list(loss.get_xdata()), list(loss.get_ydata())) == ("human", [1, 2], [0.5, -0.2])
+    [r] = ax_r.get_lines()
+    assert (r.get_label(), list(r.get_xdata()), list(r.get_ydata())) == ("human", [2], [0.3])
     label = training_figure(tmp_path).axes[0].get_ylabel()
     assert "pred - y log pred" in label and "without the constant log(y!), so it can be < 0" in label

@@ -57,6 +57,7 @@ def test_predictions_are_centred_on_the_region_and_tiled(weights, tmp_path, caps
     np.testing.assert_allclose(out["predictions"], np.concatenate([first, second])[:, chosen], rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch_version() < MIN_TORCH,
                     reason="--compile needs torch 2.5 or newer")
 def test_compiled_predictions_equal_eager(weights, tmp_path):

@@ -64,6 +64,7 @@ def _strict_json_lines(path) -> list[dict]:
     return [json.loads(line, parse_constant=refuse) for line in open(path).read().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_exits_at_once_and_a_resume_after_a_crash_takes_it(tmp_path):
     folder = tmp_path / "run"
     args = overrides(folder, 10_000, 2, "train.checkpoint_every=1")
@@ -91,6 +92,7 @@ def test_a_second_run_on_the_same_folder_exits_at_once_and_a_resume_after_a_cras
     assert load_checkpoint(folder)["step"] == last + 1
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_run_logs_the_uninterrupted_runs_lines(tmp_path):
     # A run stopped after its checkpoint at step 4, inside the logging window of steps 4-6, having
     # logged lines after it (as a killed run does). Made deterministic (a signal races a tiny run's
@@ -122,6 +124,7 @@ def _store_with_nan_targets(tmp_path) -> str:
     return str(out)
 
 
+@pytest.mark.slow
 def test_skipped_steps_are_counted_at_the_end_and_metrics_stay_standard_json(tmp_path):
     human = _store_with_nan_targets(tmp_path)
     proc = run(1, overrides(tmp_path / "run", 2, 2, f"data.stores.human={human}"))
@@ -133,6 +136,8 @@ def test_skipped_steps_are_counted_at_the_end_and_metrics_stay_standard_json(tmp
     assert lines[-1] == {"step": 2, "end": "finished", "nonfinite_skipped": 2}
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_workers_stop_at_once_when_torchrun_is_killed_and_save_nothing(tmp_path):
     folder = tmp_path / "run"
     args = overrides(folder, 10_000, 2, "train.checkpoint_every=10000")
@@ -157,6 +162,8 @@ def test_workers_stop_at_once_when_torchrun_is_killed_and_save_nothing(tmp_path)
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("fault", ["SIGSTOP", "SIGKILL"])
 def test_a_frozen_or_killed_rank_ends_the_job_with_one_line_naming_it(tmp_path, fault):
     # Frozen: rank 0 waits out train.collective_timeout_s (on the batch-norm page, or in the watchdog
@@ -196,6 +203,8 @@ def test_a_frozen_or_killed_rank_ends_the_job_with_one_line_naming_it(tmp_path, 
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_frozen_rank_ends_evaluate_with_one_line_naming_it(tmp_path):
     run(1, overrides(tmp_path / "run", 1, 2))
     launcher = subprocess.Popen(

@@ -45,6 +45,8 @@ def _assert_same_weights(a_dir, b_dir):
         torch.testing.assert_close(b[name], a[name], **EXACT, msg=name)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_ranks_with_batch_b_equal_one_rank_with_batch_2b(tmp_path):
     run(1, overrides(tmp_path / "one", 4, 4, "train.precision=fp64"), extra_env=threads_of_one_in(2))
     run(2, overrides(tmp_path / "two", 4, 4, "train.precision=fp64"))  # global batch 4 = 2 per rank
@@ -61,6 +63,7 @@ def test_two_ranks_with_batch_b_equal_one_rank_with_batch_2b(tmp_path):
     assert valid[-1]["valid/human/pearson_r"] == pytest.approx(one_valid[-1]["valid/human/pearson_r"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
     run(1, overrides(tmp_path / "full", 6, 4, "train.checkpoint_every=3", "train.eval_every=3", dropout=True))
     run(1, overrides(tmp_path / "part", 3, 4, "train.checkpoint_every=3", "train.eval_every=3", dropout=True))
@@ -76,6 +79,7 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
     args = overrides(tmp_path / "run", 10_000, 4)
     proc = subprocess.Popen(command(1, args), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -92,6 +96,8 @@ def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
     assert state["step"] == read_metrics(tmp_path / "run")[-1]["step"]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_killed_worker_is_restarted_and_the_run_finishes(tmp_path):
     args = overrides(tmp_path / "run", 8, 4, "train.checkpoint_every=2")
     proc = subprocess.Popen(command(2, args, ("--max-restarts", "1")), env=env(), stdout=subprocess.PIPE,
@@ -131,6 +137,7 @@ def _poisoned_store(tmp_path, index):
     return str(out)
 
 
+@pytest.mark.slow
 def test_nan_in_a_batch_is_skipped_and_logged(tmp_path):
     human = _poisoned_store(tmp_path, 5)
     steps = 40
@@ -155,6 +162,8 @@ def test_bad_config_is_one_line(tmp_path):
     assert proc.stderr.startswith("enformer-train train: error:") and "train.schedule" in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_summed_update_on_two_ranks_equals_one_rank(tmp_path):
     run(1, overrides(tmp_path / "one", 3, 4, "train.update=sum", "train.precision=fp64"),
         extra_env=threads_of_one_in(2))

@@ -234,6 +234,7 @@ def test_chromosome_names_are_mapped_to_the_fastas(genome, model_file, tmp_path,
     assert err.count("\n") == 0 and "x.vcf, line 5: chromosome '7' is not in" in err and "chr1, chr2" in err, err
 
 
+@pytest.mark.slow
 def test_the_vcf_is_read_as_a_stream_never_whole(genome, model_file, tmp_path, monkeypatch):
     """Scoring holds the variants of about one chunk, however long the VCF."""
     from enformer_train.variants import command

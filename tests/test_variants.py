@@ -373,6 +373,8 @@ def test_stopped_run_resumes_and_gives_the_uninterrupted_file(genome, model_file
             np.testing.assert_array_equal(a[name][:], b[name][:])
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_torchrun_two_processes_write_the_file_of_one(genome, model_file, tmp_path):
     from train_helpers import env
 
@@ -398,6 +400,8 @@ def test_torchrun_two_processes_write_the_file_of_one(genome, model_file, tmp_pa
                 np.testing.assert_array_equal(a[name][:], b[name][:])
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_frozen_rank_ends_the_run_with_one_line_and_a_rerun_scores_only_the_missing_chunks(genome, model_file,
                                                                                             tmp_path):
     import signal
@@ -550,6 +554,7 @@ def _barnyard_variants(config, fasta: str, per_motif: int = 3, free: int = 6):
     return [rows[i] for i in order], np.array(truth), order
 
 
+@pytest.mark.slow
 def test_trained_model_knows_which_variants_destroy_a_promoter_motif(trained, tmp_path):
     config, fasta, run_dir = trained
     rows, truth, order = _barnyard_variants(config, fasta)
@@ -596,6 +601,7 @@ def test_trained_model_knows_which_variants_destroy_a_promoter_motif(trained, tm
 _COMPILES = torch_version() >= MIN_TORCH
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _COMPILES, reason="--compile needs torch 2.5 or newer")
 def test_compiled_scoring_equals_eager_and_compiles_once(genome, model_file, tmp_path):
     """--compile: the same scores; batches of 4 windows and shorter ones (a chunk's last) compile one
