@@ -179,7 +179,7 @@ def integrated_gradients(model, codes: torch.Tensor, head: str, target: Target, 
     """captum's integrated gradients of one window of codes [1, L] from the uniform baseline:
     (attributions [(k,) L, 4], target [(k)], convergence delta [(k)]), averaged over the strands with rc."""
     try:
-        from captum.attr import IntegratedGradients
+        from captum.attr import IntegratedGradients  # optional: the attribute extra
     except ImportError:
         raise UserError("--method integrated-gradients needs captum (pip install 'enformer-train[attribute]')") from None
     dtype = next(model.parameters()).dtype
@@ -324,7 +324,7 @@ def write_arrays(out: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays, **strings, **{k: np.asarray(v) for k, v in scalars.items()})
     else:
-        import h5py
+        import h5py  # optional: the variants extra
 
         def write(tmp: str) -> None:
             text = h5py.string_dtype("utf-8")
@@ -374,9 +374,9 @@ def plot_attribution(path: str, arrays: dict[str, np.ndarray], codes: np.ndarray
     """The colab's figure for region r: the predicted target tracks over the output span, the
     |per-base score| pooled to `bin_size` over the same span (ISM: per base over its span), and a
     sequence logo (logomaker) of the 100 bp with the largest |score|."""
-    import logomaker
+    import logomaker  # optional: the attribute extra
 
-    from .plots import _pyplot
+    from .plots import _pyplot  # matplotlib, loaded only when a figure is drawn
 
     plt = _pyplot()
     scores = arrays["scores"][r]
@@ -403,7 +403,7 @@ def plot_attribution(path: str, arrays: dict[str, np.ndarray], codes: np.ndarray
     logo_from = int(np.argmax(np.convolve(absolute, np.ones(width), mode="valid")))
     logo_to = logo_from + width
     matrix = np.nan_to_num(scores[logo_from:logo_to, None] * np.eye(5, 4)[codes[logo_from:logo_to]])
-    import pandas as pd
+    import pandas as pd  # logomaker's input type, installed with it
 
     logomaker.Logo(pd.DataFrame(matrix, columns=list("ACGT")), ax=axes[2])
     axes[2].set_xticks([0, logo_to - logo_from - 1], [f"{span_start + logo_from:,}", f"{span_start + logo_to - 1:,}"])

@@ -29,7 +29,7 @@ def is_url(path: str) -> bool:
 
 def _fs(url: str):
     try:
-        import fsspec
+        import fsspec  # remote paths only (gs://, s3://)
     except ImportError:
         raise UserError(
             f"{url}: reading URLs needs fsspec and the package for its protocol "

@@ -9,10 +9,10 @@ from .train.metrics_log import read_metrics
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # seconds to import: only when a figure is drawn
 
     matplotlib.use("Agg")  # files only, no screen
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # with matplotlib, only when a figure is drawn
 
     return plt
 

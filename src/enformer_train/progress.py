@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm import tqdm
+
 LOG_EVERY_S = 60.0
 
 
@@ -90,7 +92,5 @@ def progress(total: int, desc: str, unit: str, enabled: bool = True, initial: in
     if not enabled:
         return _Off()
     if stream.isatty():
-        from tqdm import tqdm
-
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=stream)
     return LogProgress(total, desc, unit, initial=initial, stream=stream)

@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from ..errors import UserError
 from ..files import torch_file_problem
@@ -253,9 +255,6 @@ def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
                 return _read_torch_state(path / name)
         raise UserError(f"{path}: folder has neither model.safetensors nor pytorch_model.bin")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
@@ -333,7 +332,7 @@ def _unused_sonnet_slot(name: str, used: set[str]) -> bool:
 def read_sonnet_checkpoint(prefix: str) -> dict[str, torch.Tensor]:
     """Variables of a tf.train.Checkpoint under `module/`, read with TensorFlow's checkpoint reader."""
     try:
-        import tensorflow as tf
+        import tensorflow as tf  # optional: the tf extra (Sonnet checkpoints)
     except ImportError:
         raise UserError("reading a Sonnet checkpoint needs TensorFlow: pip install 'enformer-train[tf]'") from None
     try:

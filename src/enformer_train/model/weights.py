@@ -9,6 +9,8 @@ import json
 import os
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 
 from ..errors import UserError
 from ..files import atomic_write
@@ -23,7 +25,6 @@ _FORMAT = "enformer-train-weights/1"
 
 def save_model(model: Enformer, path: str | os.PathLike) -> None:
     """Write the model's weights, moving averages and config as one safetensors file."""
-    from safetensors.torch import save_file
 
     model = getattr(model, "module", model)  # unwrap DDP
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -33,8 +34,6 @@ def save_model(model: Enformer, path: str | os.PathLike) -> None:
 
 def read_config(path: str | os.PathLike) -> dict:
     """The model config saved in the project's weights file at `path`, as a dict (no tensor read)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
 
     path = str(path)
     if not os.path.exists(path):
@@ -54,8 +53,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", **ov
     """Build the model saved at `path` (config from the file, `overrides` on top) and load its weights.
     An enformer-pytorch / Hugging Face model folder (config.json + pytorch_model.bin or
     model.safetensors) is converted in memory."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
 
     if is_enformer_pytorch_folder(path):

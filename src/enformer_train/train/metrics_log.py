@@ -29,13 +29,13 @@ class MetricsLog:
             self.path.write_text("")
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: train.tensorboard
 
                 self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except ImportError:
                 pass
         if wandb_project:
-            import wandb
+            import wandb  # optional: train.wandb_project
 
             self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config, resume="allow")
 

@@ -574,6 +574,6 @@ def _ddp_optimizer_takes_custom_functions() -> bool:
     """Whether this torch's DDPOptimizer (dynamo's graph splitter at DDP's gradient buckets) takes a
     graph with higher-order operators, which the model's custom autograd functions become; older
     ones raise NotImplementedError on the first step. Read off its source: no version says it."""
-    from torch._dynamo.backends import distributed
+    from torch._dynamo.backends import distributed  # dynamo's, only under train.compile
 
     return "Found a higher order op in the graph" not in inspect.getsource(distributed)

@@ -106,7 +106,7 @@ def _text(values: list[str], width: int | None = None) -> np.ndarray:
 
 
 def _write_h5(tmp: str, layout: Layout, parts) -> None:
-    import h5py
+    import h5py  # optional: the variants extra
 
     n, width = layout.num_variants, len(layout.target_ids)
     # a statistic's h5 chunks are ROWS x COLUMNS: whole chunks are written (rows gathered until a band

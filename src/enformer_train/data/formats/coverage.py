@@ -254,7 +254,7 @@ def require_bigwig_writer():
     """pyBigWig, which writes bigWigs (pybigtools here only reads them); a UserError saying how to
     get it, raised before any work where a command will write one."""
     try:
-        import pyBigWig
+        import pyBigWig  # optional: the bigwig extra
     except ImportError:
         raise UserError("writing bigWig files needs pyBigWig (pip install 'enformer-train[bigwig]'); "
                         "or write .npz") from None
@@ -302,13 +302,13 @@ class BigWigWriter:
 def _backend():
     """pybigtools where installed (1.5x faster in benchmarks/bigwig_read.py), else pyBigWig."""
     try:
-        import pybigtools
+        import pybigtools  # optional: the bigwig extra
 
         return "pybigtools", pybigtools
     except ImportError:
         pass
     try:
-        import pyBigWig
+        import pyBigWig  # optional: the bigwig extra
 
         return "pyBigWig", pyBigWig
     except ImportError:

@@ -171,7 +171,7 @@ class Genome:
             # writes and reads samtools' .fai/.gzi. pyfaidx was tried first: its BGZF path fails on reads
             # that start exactly at a block boundary ("within_block_offset 65536").
             try:
-                import pysam
+                import pysam  # bgzipped FASTAs only
             except ImportError as e:
                 raise UserError(f"{self.path} is bgzipped; reading it needs pysam (pip install pysam)") from e
             missing = [p for p in (self.path + ".fai", self.path + ".gzi") if not os.path.exists(p)]
