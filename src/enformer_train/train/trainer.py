@@ -337,7 +337,7 @@ class Trainer:
                     organism_loss = poisson_loss(preds[organism][offset:offset + size], part["target"])
                     totals[organism] += organism_loss.detach() / micro
                     loss = loss + organism_loss
-                    offset += size if len(organisms) > 1 else 0
+                    offset += size
                 (loss / micro).backward()
         return {f"loss/{o}": v for o, v in totals.items()}
 

@@ -49,6 +49,7 @@ class Scorer:
         self.bin_size = config.bin_size
         self.num_bins = config.target_length
         self.crop = (self.length - self.num_bins * self.bin_size) // 2
+        self._kept = torch.as_tensor(self.tracks, device=next(self.model.parameters()).device)
 
     # -- predictions ----------------------------------------------------------------------------
 
@@ -57,7 +58,7 @@ class Scorer:
         views = tta_views(self.tta, max_shift=0)  # strands only: a shift of its own would move the variant
         pred = predict_codes(self.model, np.stack(windows), self.head, views, self.strand_pair, self.autocast)
         self.windows += len(windows)
-        return pred[..., torch.as_tensor(self.tracks, device=pred.device)].double()
+        return pred[..., self._kept].double()
 
     def _positions(self, variants: list[Variant]) -> list[tuple[Variant, list[Variant]]]:
         """(the variant whose reference windows serve, the variants scored against them) in order:

@@ -7,7 +7,7 @@ import gzip
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,10 +48,7 @@ class Counts:
     variants: int = 0  # kept for scoring
     renamed: str = ""  # '1 -> chr1, ...' when the VCF's chromosome names were mapped to the FASTA's
     # the longest UTF-8 ID, chromosome and alleles (the .h5 stores them as fixed-length bytes)
-    widths: dict = None
-
-    def __post_init__(self):
-        self.widths = self.widths or {"id": 1, "chrom": 1, "ref": 1, "alt": 1}
+    widths: dict = field(default_factory=lambda: {"id": 1, "chrom": 1, "ref": 1, "alt": 1})
 
 
 def _is_symbolic(allele: str) -> bool:
