@@ -32,13 +32,19 @@ class _Casts(TorchDispatchMode):
         super().__init__()
         self.weight_shapes = weight_shapes
         self.table = collections.defaultdict(lambda: [0, 0])
+        self.gathered = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
+        if name == "cat" and out.dim() == 1:  # weights or their gradients gathered for one cast (ops.CastOnce)
+            self.gathered.add(out.data_ptr())
+            row = self.table[("weights", "cat", str(out.dtype)[6:], str(out.dtype)[6:])]
+            row[0] += 1
+            row[1] += out.numel() * out.element_size()
         if name in ("_to_copy", "copy_"):
             source, written = (args[0], out) if name == "_to_copy" else (args[1], args[0])
-            if tuple(written.shape) in self.weight_shapes and written.dim() >= 2:
+            if (tuple(written.shape) in self.weight_shapes and written.dim() >= 2) or source.data_ptr() in self.gathered:
                 kind = "weights"
             elif written.dim() >= 3:
                 kind = "activations"
@@ -55,12 +61,16 @@ def main() -> None:
     p.add_argument("--length", type=int, default=196_608)
     p.add_argument("--channels", type=int, default=384)
     p.add_argument("--layers", type=int, default=11)
+    p.add_argument("--per-weight", action="store_true",
+                   help="leave the weights' casts to autocast, one per weight and use (as before the cast "
+                        "once of each block's weights)")
     args = p.parse_args()
     torch.manual_seed(0)
     bins = args.length // 128
     config = EnformerConfig(channels=args.channels, num_transformer_layers=args.layers,
                             sequence_length=args.length, target_length=bins - 2 * (bins // 8))
     model = build_model(config).train()
+    model.cast_weights_once = not args.per_weight
     codes = torch.randint(0, 4, (1, args.length))
     target = torch.rand(1, config.target_length, config.heads["human"])
 
@@ -89,9 +99,10 @@ def main() -> None:
     rows = sorted(mode.table.items(), key=lambda kv: (kv[0][0], -kv[1][0]))
     for (kind, name, source, written), (calls, size) in rows:
         print(f"| {kind:<11} | {name:<8} | {source:<8} | {written:<8} | {calls:>5} | {size / 2**20:>7.1f} |")
-    calls = sum(c for c, _ in mode.table.values())
-    size = sum(s for _, s in mode.table.values())
-    print(f"| {'all':<11} | {'':<8} | {'':<8} | {'':<8} | {calls:>5} | {size / 2**20:>7.1f} |")
+    casts = {key: value for key, value in mode.table.items() if key[1] != "cat"}
+    calls = sum(c for c, _ in casts.values())
+    size = sum(s for _, s in casts.values())
+    print(f"| {'all casts':<11} | {'':<8} | {'':<8} | {'':<8} | {calls:>5} | {size / 2**20:>7.1f} |")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,10 @@ class MultiheadAttention(nn.Module):
         q = self.q(x).view(b, t, h, -1).transpose(1, 2) * self.key_size**-0.5  # [b, h, t, k]
         k = self.k(x).view(b, t, h, -1).transpose(1, 2)
         v = self.v(x).view(b, t, h, -1).transpose(1, 2)
-        features = self.relative_features(t, x.device, self.r_k.weight.dtype)
+        dtype = self.r_k.weight.dtype  # float32 or float64; under autocast, bf16 copies of the weights may be
+        if dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+            dtype = torch.float32  # used (run_cast_once), and the features stay float32 as autocast keeps them
+        features = self.relative_features(t, x.device, dtype)
         features = self.positional_dropout(features)
         r_k = self.r_k(features).view(2 * t - 1, h, -1).permute(1, 2, 0)  # [h, k, 2t - 1]
         relative = torch.matmul(q + self.r_r_bias.to(q.dtype), r_k.to(q.dtype))  # [b, h, t, 2t - 1]

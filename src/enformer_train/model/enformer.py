@@ -18,6 +18,7 @@ from .attention import MultiheadAttention
 from .batchnorm import CrossReplicaBatchNorm, at_least_float32, frozen_statistics
 from .blocks import ConvBlock, ConvTowerBlock, Stem, gelu, init_sonnet_linear
 from .config import EnformerConfig
+from .ops import cast_once
 
 
 class TransformerBlock(nn.Module):
@@ -91,6 +92,39 @@ def _recompute_without_statistics():
     return contextlib.nullcontext(), frozen_statistics()
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The lower dtype autocast computes in on `device`, or None where it is off."""
+    if device.type in ("cuda", "cpu", "xpu") and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def _cast_weights(block: nn.Module) -> dict[str, torch.Tensor]:
+    """The float32 parameters of `block` that autocast casts where an operator takes them: every one
+    but the normalisations' (batch norms keep float32 weights beside bf16 inputs, layer norms run in
+    float32)."""
+    skip = {name for name, m in block.named_modules() if isinstance(m, (CrossReplicaBatchNorm, nn.LayerNorm))}
+    return {name: p for name, p in block.named_parameters()
+            if p.dtype == torch.float32 and name.rpartition(".")[0] not in skip}
+
+
+def run_cast_once(block: nn.Module, x: torch.Tensor, on: bool = True) -> torch.Tensor:
+    """block(x); under autocast (eager) and `on`, with the block's weights cast to the lower dtype in
+    one operation and their gradients back in one (ops.CastOnce), instead of autocast's two casts
+    per weight. The same numbers as block(x) under autocast. A compiled graph fuses the casts itself."""
+    dtype = _autocast_dtype(x.device)
+    if not on or dtype not in _HALF or torch.compiler.is_compiling():
+        return block(x)
+    weights = _cast_weights(block)
+    if not weights:
+        return block(x)
+    cast = cast_once(list(weights.values()), dtype)
+    return torch.func.functional_call(block, dict(zip(weights, cast)), (x,), tie_weights=False)
+
+
 class Enformer(nn.Module):
     """Enformer. forward(x [batch, length, 4] one-hot or [batch, length] uint8 codes)
     -> {head: [batch, target_length, tracks]} (or one tensor with `head=`)."""
@@ -106,6 +140,9 @@ class Enformer(nn.Module):
         self.transformer = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_transformer_layers))
         self.final_pointwise = FinalPointwise(config)
         self.heads = nn.ModuleDict({name: Head(2 * config.channels, tracks) for name, tracks in config.heads.items()})
+        # Under autocast, each block's weights are cast to bf16 in one operation (run_cast_once);
+        # False leaves the casts to autocast, one per weight (the same numbers; benchmarks/casts.py).
+        self.cast_weights_once = True
 
     def use_reducer(self, reducer) -> None:
         """Every cross-replica batch norm sums its statistics with `reducer` (a distributed.Reducer;
@@ -121,8 +158,9 @@ class Enformer(nn.Module):
                 # Compiled, the recomputation is the partitioner's: it replays no buffer update
                 # (those are applied once, after the forward), so no context to freeze them.
                 return checkpoint(block, x, use_reentrant=False)
-            return checkpoint(block, x, use_reentrant=False, context_fn=_recompute_without_statistics)
-        return block(x)
+            return checkpoint(run_cast_once, block, x, self.cast_weights_once, use_reentrant=False,
+                              context_fn=_recompute_without_statistics)
+        return run_cast_once(block, x, self.cast_weights_once)
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """[batch, positions, channels] -> [batch, target_length, channels], the same trimmed each side."""
@@ -150,7 +188,7 @@ class Enformer(nn.Module):
         x = x.transpose(1, 2)
         for block in self.transformer:
             x = self._checkpointed(block, x)
-        return self.final_pointwise(self.crop(x))
+        return run_cast_once(self.final_pointwise, self.crop(x), self.cast_weights_once)
 
     def forward(self, x: torch.Tensor, head: str | None = None):
         embedding = self.trunk(x)

@@ -189,7 +189,11 @@ class SoftmaxPoolingFunction(torch.autograd.Function):
         d = torch.rsub(s, 1).mul_(g1).mul_(diff)
         del s
         grad_weight = torch.matmul(d, diff.transpose(1, 2)).sum(0)
-        u = torch.matmul(weight.t(), d)
+        # u = weight^T @ d as one matrix product over (batch, length) rows, written out: torch.matmul
+        # picks this or a batched product by whether `weight` requires grad, so the same weights
+        # (a parameter, autocast's copy, a copy cast once) would round differently.
+        b, c, n = d.shape
+        u = torch.mm(d.transpose(1, 2).reshape(b * n, c), weight).view(b, n, c).transpose(1, 2)
         del d, diff
         grad_x1 = g1.add_(u)
         grad_x0 = torch.sub(grad, grad_x1)
@@ -298,3 +302,34 @@ def shifted_relative(relative: torch.Tensor) -> torch.Tensor:
 def attend(logits: torch.Tensor, v: torch.Tensor, dropout_rate: float, training: bool) -> torch.Tensor:
     """dropout(softmax(logits [..., T, T])) @ v [..., T, value] -> [..., T, value]."""
     return AttendFunction.apply(logits, v, dropout_rate, training)
+
+
+class CastOnce(torch.autograd.Function):
+    """Many float32 weights -> their copies in a lower dtype (bf16 under autocast), in one cast.
+
+    Autocast casts each weight where an operator takes it, and each weight's gradient back: two
+    casts per weight and step. Here the weights are gathered into one float32 buffer and cast at
+    once, and their gradients gathered and cast back at once: two casts per call. The values are
+    the same as autocast's (float32 -> bf16 rounds the same way in either), so are the products.
+    """
+
+    @staticmethod
+    def forward(ctx, dtype, *weights):
+        ctx.shapes = [w.shape for w in weights]
+        flat = torch.cat([w.detach().reshape(-1) for w in weights]).to(dtype)
+        return tuple(part.view(shape) for part, shape in zip(flat.split([w.numel() for w in weights]), ctx.shapes))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        wanted = [i for i, g in enumerate(grads) if g is not None and ctx.needs_input_grad[i + 1]]
+        out = [None] * len(grads)
+        if wanted:
+            flat = torch.cat([grads[i].reshape(-1) for i in wanted]).float()
+            for i, part in zip(wanted, flat.split([grads[i].numel() for i in wanted])):
+                out[i] = part.view(ctx.shapes[i])
+        return (None, *out)
+
+
+def cast_once(weights: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """`weights` (float32) as `dtype`, cast in one operation forward and one backward (CastOnce)."""
+    return CastOnce.apply(dtype, *weights)
