@@ -5,7 +5,8 @@ At one width, batch and input length, on random weights and sequence (CPU, float
   input-grad map (eval mode, the gradient of a target with respect to the one-hot input);
 - one map against `--per-track` maps of K tracks (one forward, then K input-only backwards through its graph);
 - ISM forwards/s (mutated windows in batches of --batch) against `predict`'s windows/s at the
-  same batch (predict_codes on as many windows);
+  same batch (predict_codes on as many windows), and ISM as the command runs it, recomputing
+  only the tower positions a mutation reaches, against the whole windows;
 - ISM's peak memory (RSS, a fresh process each) over spans of two lengths: flat when the
   mutated windows are made a batch at a time.
 
@@ -15,8 +16,6 @@ At one width, batch and input length, on random weights and sequence (CPU, float
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -139,14 +138,18 @@ def main() -> None:
         window = codes[0].numpy()
         windows = np.repeat(window[None], args.batch * 4, axis=0)
         span = (length // 2, length // 2 + (args.batch * 4 + 2) // 3)  # about as many forwards
-        predict_s, ism_s = _timed(
+        predict_s, ism_s, spliced_s = _timed(
             lambda: [predict_codes(model, windows[i:i + args.batch], "human") for i in range(0, len(windows), args.batch)],
+            lambda: ism(model, window, span, "human", Target(centre, [0]), batch_size=args.batch, whole=True),
             lambda: ism(model, window, span, "human", Target(centre, [0]), batch_size=args.batch),
             repeats=args.repeats)
         predict_rate = len(windows) / predict_s
         ism_rate = (3 * (span[1] - span[0]) + 1) / ism_s  # the mutations and the reference window
-        print(f"| ISM forwards | {ism_rate:.3g} windows/s | predict {predict_rate:.3g} windows/s | "
+        spliced_rate = (3 * (span[1] - span[0]) + 1) / spliced_s
+        print(f"| ISM forwards, whole windows | {ism_rate:.3g} windows/s | predict {predict_rate:.3g} windows/s | "
               f"{ism_rate / predict_rate:.2f}x |")
+        print(f"| ISM, the tower spliced | {spliced_rate:.3g} mutations/s | whole windows {ism_rate:.3g} windows/s | "
+              f"{spliced_rate / ism_rate:.2f}x |")
     if "memory" in parts:
         small, large = (int(s) for s in args.ism_spans.split(","))
         peaks = {s: _ism_peak(args, s) for s in (small, large)}

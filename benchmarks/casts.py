@@ -1,16 +1,17 @@
 """Dtype casts in one CPU training step under bf16 autocast: how many and how many bytes.
 
-Under autocast every step casts float32 weights to bf16 for the matrix products (and their
-gradients back to float32); the batch norms keep float32 statistics. This counts the casts the step
-makes: every `aten::_to_copy` torch.profiler sees (also those inside other operators), and the
-step's own casts (`aten::_to_copy`, `aten::copy_`) through a dispatch mode, by kind, with the bytes
-written: weights (and their gradients), activations ([batch, channels, length] and larger), small
-vectors (batch-norm moments, biases).
+Under autocast a step casts float32 weights to bf16 for the matrix products (and their gradients
+back to float32); the batch norms keep float32 statistics. This counts the casts the step makes:
+every `aten::_to_copy` torch.profiler sees (also those inside other operators), and the step's own
+casts (`aten::_to_copy`, `aten::copy_`) through a dispatch mode, by kind, with the bytes written:
+weights (and their gradients), activations ([batch, channels, length] and larger), small vectors
+(batch-norm moments, biases). The model casts each block's weights in one operation (gathered by a
+`cat`, listed apart: a copy, not a cast); --per-weight leaves them to autocast, one cast per weight.
 
 The model is the colab's quarter width (channels 384, 11 layers), batch 1, training mode; one
 forward (under autocast), Poisson loss and backward, after one untimed step.
 
-    python benchmarks/casts.py [--length 196608] [--channels 384] [--layers 11]
+    python benchmarks/casts.py [--length 196608] [--channels 384] [--layers 11] [--per-weight]
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class _Casts(TorchDispatchMode):
             row[1] += out.numel() * out.element_size()
         if name in ("_to_copy", "copy_"):
             source, written = (args[0], out) if name == "_to_copy" else (args[1], args[0])
-            if (tuple(written.shape) in self.weight_shapes and written.dim() >= 2) or source.data_ptr() in self.gathered:
+            if (tuple(written.shape) in self.weight_shapes and written.dim() >= 2) or (name == "_to_copy" and source.data_ptr() in self.gathered):
                 kind = "weights"
             elif written.dim() >= 3:
                 kind = "activations"

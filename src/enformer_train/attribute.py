@@ -13,7 +13,8 @@ The target of a window is the mean of the model's predictions over a mask of out
   a forward pass each (batched, in chunks). Hypothetical = target(alt) - target(ref) [W, 4], 0 at
   the reference base; the per-base score is minus the mean over the three alternatives (how much
   the reference base holds the target up against the others). Positions that are not A, C, G or T
-  are skipped (NaN) and counted.
+  are skipped (NaN) and counted. The convolution tower is recomputed only where a mutation reaches
+  (_TowerSplice); the transformer and heads run whole.
 - integrated-gradients: captum's IntegratedGradients from a uniform baseline (0.25 per base) in
   `--steps` steps; hypothetical = its attributions [L, 4], the per-base score their sum over the
   bases; captum's convergence delta (sum of attributions minus target(input) - target(baseline)) is
@@ -207,18 +208,82 @@ def integrated_gradients(model, codes: torch.Tensor, head: str, target: Target, 
     return sum(maps) / len(maps), sum(values) / len(values), sum(deltas) / len(deltas)
 
 
+class _TowerSplice:
+    """In-silico mutagenesis that recomputes only what a mutation reaches (the fastISM idea).
+
+    The convolution tower (evaluation mode) is local: its position j reads the bases
+    `model.tower_reach()` names around bin j and nothing else, so a mutation at base p changes
+    only the positions whose reach holds p. Those are computed from a short stretch of the
+    window (the same bases, the same zero padding where the stretch meets the window's end),
+    written over the reference window's tower output, and the transformer and heads run on the
+    result as they do on the whole window's. The transformer sees every position, so it runs
+    whole for every mutation: at the paper's size the tower is most of a forward pass.
+    """
+
+    def __init__(self, model, codes: torch.Tensor, head: str, autocast: bool):
+        self.model, self.head, self.autocast = model, head, autocast
+        self.codes = codes  # [L] on the model's device, one strand
+        scale = model.config.bin_size
+        self.first, self.last = model.tower_reach()
+        with torch.no_grad(), _autocast(codes.device, autocast):
+            self.reference = model.tower(codes[None])  # [1, channels, positions]
+        positions = self.reference.shape[-1]
+        # the positions a mutation reaches, and the stretch (in positions) that computes them exactly
+        self.reached = (self.last - self.first) // scale + 2
+        self.before = -(self.first // scale)  # positions of context on the left: ceil(-first / scale)
+        self.stretch = self.reached + self.before + max(0, -(-(self.last - scale + 1) // scale)) + 1
+        self.useful = self.stretch < positions
+
+    def predictions(self, mutations: list[tuple[int, int]]) -> torch.Tensor:
+        """Predictions [n, target_length, tracks] of the window with each (position, base) mutation."""
+        scale = self.model.config.bin_size
+        positions = self.reference.shape[-1]
+        n = len(mutations)
+        starts, spans = [], []
+        for p, _ in mutations:
+            lo = max(0, -(-(p - self.last) // scale))  # the first position whose reach holds p
+            hi = min(positions - 1, (p - self.first) // scale)
+            start = min(max(0, lo - self.before), positions - self.stretch)
+            starts.append(start)
+            spans.append((lo, hi))
+        index = torch.as_tensor(starts, device=self.codes.device)[:, None] * scale + torch.arange(
+            self.stretch * scale, device=self.codes.device)
+        stretches = self.codes[index]  # [n, stretch bases]
+        for row, (p, alt) in enumerate(mutations):
+            stretches[row, p - starts[row] * scale] = alt
+        with torch.no_grad(), _autocast(self.codes.device, self.autocast):
+            local = self.model.tower(stretches)  # [n, channels, stretch]
+            tower = self.reference.expand(n, -1, -1).clone()
+            for row, (lo, hi) in enumerate(spans):
+                tower[row, :, lo:hi + 1] = local[row, :, lo - starts[row]:hi + 1 - starts[row]]
+            return self.model.heads_of(self.model.transform(tower), self.head).float()
+
+
 def ism(model, codes: np.ndarray, span: tuple[int, int], head: str, target: Target, *, batch_size: int = 8,
         rc: bool = False, strand_pair: torch.Tensor | None = None, autocast: bool = False,
-        bar=None) -> tuple[np.ndarray, np.ndarray, int]:
+        bar=None, whole: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """In-silico mutagenesis of window `codes` [L] over window indices span = (a, b): (hypothetical
     [(k,) b - a, 4] float32 = target(alt) - target(ref), 0 at the reference base and NaN at
     positions that are not ACGT; the reference target [(k)]; the number of positions skipped).
     Mutated windows are made and predicted `batch_size` at a time, so memory does not grow with
-    the span."""
+    the span. The convolution tower is recomputed only where a mutation reaches (_TowerSplice)
+    unless `whole`, or unless the reach covers the window (a short window)."""
     views = tta_views(rc, max_shift=0)  # the strands; a shift would move the mutation
+    device = next(model.parameters()).device
+    length = len(codes)
+    splices = None
+    if not whole and not model.training:
+        window = torch.as_tensor(codes, device=device)
+        splices = [_TowerSplice(model, _strand(window, view.reverse), head, autocast) for view in views]
+        splices = splices if splices[0].useful else None
 
-    def targets(windows: np.ndarray) -> np.ndarray:
-        pred = predict_codes(model, windows, head, views, strand_pair, autocast)
+    def targets(windows: np.ndarray, part=None) -> np.ndarray:
+        if splices is None or part is None:
+            pred = predict_codes(model, windows, head, views, strand_pair, autocast)
+        else:
+            pred = sum(to_forward_strand(splice.predictions(
+                [(length - 1 - p, int(COMPLEMENT[alt])) if view.reverse else (p, alt) for p, alt in part]),
+                view.reverse, strand_pair) for splice, view in zip(splices, views)) / len(views)
         return target(pred.double()).cpu().numpy()
 
     a, b = span
@@ -229,10 +294,12 @@ def ism(model, codes: np.ndarray, span: tuple[int, int], head: str, target: Targ
     matrix[[p - a for p in skipped]] = np.nan
     for i in range(0, len(mutations), batch_size):
         part = mutations[i:i + batch_size]
-        windows = np.repeat(codes[None], len(part), axis=0)
-        for row, (p, alt) in enumerate(part):
-            windows[row, p] = alt
-        for (p, alt), value in zip(part, targets(windows)):
+        windows = None
+        if splices is None:
+            windows = np.repeat(codes[None], len(part), axis=0)
+            for row, (p, alt) in enumerate(part):
+                windows[row, p] = alt
+        for (p, alt), value in zip(part, targets(windows, part)):
             matrix[p - a, alt] = value - reference
         if bar is not None:
             bar.update(len(part))

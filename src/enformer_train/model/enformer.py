@@ -173,8 +173,10 @@ class Enformer(nn.Module):
                 f"{(target + (max(excess, 0) + 1) // 2 * 2) * self.config.bin_size}")
         return x[:, excess // 2: positions - excess // 2] if excess else x
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings [batch, target_length, 2 x channels] of one-hot or coded sequence."""
+    def tower(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution tower's output [batch, channels, length / 128] of one-hot or coded x.
+        Each of its positions depends only on the bases `tower_reach` names (in evaluation mode:
+        training-mode batch norm mixes the positions through its statistics)."""
         dtype = self.stem.conv.weight.dtype  # float32, or float64 for a model in double precision
         x = one_hot(x, dtype) if x.dtype == torch.uint8 or not x.is_floating_point() else x.to(dtype)
         if x.ndim != 3 or x.shape[-1] != 4:
@@ -185,18 +187,42 @@ class Enformer(nn.Module):
         x = self._checkpointed(self.stem, x)
         for block in self.conv_tower:
             x = self._checkpointed(block, x)
+        return x
+
+    def tower_reach(self) -> tuple[int, int]:
+        """(first, last): the tower's position j reads the bases 128 j + first .. 128 j + last of
+        its input (first < 0; zero padding past the window's ends, as each convolution pads).
+        Derived from the layers: every block is a convolution ("same" padding), position-wise
+        layers and a pooling of pairs."""
+        first, last = 0, 0
+        stages = [(self.config.tower_kernel_size, 2)] * len(self.conv_tower) + [(self.config.stem_kernel_size, 2)]
+        for kernel, pool in stages:  # from the top down: undo the pooling, then widen by the convolution
+            first, last = first * pool, last * pool + pool - 1
+            first, last = first - kernel // 2, last + kernel - 1 - kernel // 2
+        return first, last
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The tower's output [batch, channels, positions] -> embeddings [batch, target_length, 2 x channels]:
+        the transformer, the crop and the final pointwise block."""
         x = x.transpose(1, 2)
         for block in self.transformer:
             x = self._checkpointed(block, x)
         return run_cast_once(self.final_pointwise, self.crop(x), self.cast_weights_once)
 
-    def forward(self, x: torch.Tensor, head: str | None = None):
-        embedding = self.trunk(x)
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings [batch, target_length, 2 x channels] of one-hot or coded sequence."""
+        return self.transform(self.tower(x))
+
+    def heads_of(self, embedding: torch.Tensor, head: str | None = None):
+        """{head: predictions} of embeddings, or one head's predictions with `head=`."""
         if head is not None:
             if head not in self.heads:
                 raise KeyError(f"no head {head!r}; this model has {', '.join(self.heads)}")
             return self.heads[head](embedding)
         return {name: module(embedding) for name, module in self.heads.items()}
+
+    def forward(self, x: torch.Tensor, head: str | None = None):
+        return self.heads_of(self.trunk(x), head)
 
 
 def build_model(config: EnformerConfig) -> Enformer:
