@@ -40,8 +40,8 @@ def test_the_towers_reach_is_what_the_layers_read():
             assert changed[0] == reached[0] and changed[-1] == reached[-1], p
 
 
-@pytest.mark.parametrize("span,rc", [((90, 130), False), ((4000, 4030), True), ((LENGTH - 40, LENGTH), True),
-                                     ((0, 25), False)], ids=["left", "middle-rc", "right-end-rc", "left-end"])
+@pytest.mark.parametrize("span,rc", [((95, 107), False), ((4006, 4014), True), ((LENGTH - 10, LENGTH), True),
+                                     ((0, 8), False)], ids=["left", "middle-rc", "right-end-rc", "left-end"])
 def test_spliced_ism_equals_whole_window_ism_bit_for_bit_in_float64(span, rc):
     model = _model()
     codes = np.random.default_rng(0).integers(0, 4, LENGTH).astype(np.uint8)
@@ -53,7 +53,7 @@ def test_spliced_ism_equals_whole_window_ism_bit_for_bit_in_float64(span, rc):
     spliced = ism(model, codes, span, "human", target, batch_size=7, rc=rc, strand_pair=pair)
     np.testing.assert_array_equal(spliced[0], whole[0])
     np.testing.assert_array_equal(spliced[1], whole[1])
-    assert spliced[2] == whole[2] == (1 if span != (0, 25) else 0)
+    assert spliced[2] == whole[2] == (1 if span != (0, 8) else 0)
     assert np.isfinite(whole[0]).sum() > 0 and np.abs(np.nan_to_num(whole[0])).max() > 0
 
 
@@ -63,7 +63,7 @@ def test_spliced_ism_in_float32_is_within_round_off_of_the_target():
     model = _model(torch.float32)
     codes = np.random.default_rng(0).integers(0, 4, LENGTH).astype(np.uint8)
     target = Target(bins=[15, 16, 17], tracks=[0, 1, 2, 3, 4])
-    span = (4100, 4140)  # under the target's bins: the tower's own reach carries the change
+    span = (4100, 4116)  # under the target's bins: the tower's own reach carries the change
     whole = ism(model, codes, span, "human", target, batch_size=8, whole=True)
     spliced = ism(model, codes, span, "human", target, batch_size=8)
     assert np.abs(spliced[0] - whole[0]).max() <= 1e-5 * abs(whole[1])
