@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import variance_scaling_
-from .ops import add_relative_logits, attend, shifted_relative
+from .ops import add_relative_logits, attend, autocast_dtype, shifted_relative
 
 ATTENTION_PATHS = ("auto", "explicit", "sdpa")
 
@@ -121,7 +121,7 @@ class MultiheadAttention(nn.Module):
         k = self.k(x).view(b, t, h, -1).transpose(1, 2)
         v = self.v(x).view(b, t, h, -1).transpose(1, 2)
         dtype = self.r_k.weight.dtype  # float32 or float64; under autocast, bf16 copies of the weights may be
-        if dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+        if dtype in (torch.bfloat16, torch.float16) and autocast_dtype(x.device) is not None:
             dtype = torch.float32  # used (run_cast_once), and the features stay float32 as autocast keeps them
         features = self.relative_features(t, x.device, dtype)
         features = self.positional_dropout(features)

@@ -18,7 +18,7 @@ from .attention import MultiheadAttention
 from .batchnorm import CrossReplicaBatchNorm, at_least_float32, frozen_statistics
 from .blocks import ConvBlock, ConvTowerBlock, Stem, gelu, init_sonnet_linear
 from .config import EnformerConfig
-from .ops import cast_once
+from .ops import autocast_dtype, cast_once
 
 
 class TransformerBlock(nn.Module):
@@ -95,13 +95,6 @@ def _recompute_without_statistics():
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The lower dtype autocast computes in on `device`, or None where it is off."""
-    if device.type in ("cuda", "cpu", "xpu") and torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return None
-
-
 def _cast_weights(block: nn.Module) -> dict[str, torch.Tensor]:
     """The float32 parameters of `block` that autocast casts where an operator takes them: every one
     but the normalisations' (batch norms keep float32 weights beside bf16 inputs, layer norms run in
@@ -115,7 +108,7 @@ def run_cast_once(block: nn.Module, x: torch.Tensor, on: bool = True) -> torch.T
     """block(x); under autocast (eager) and `on`, with the block's weights cast to the lower dtype in
     one operation and their gradients back in one (ops.CastOnce), instead of autocast's two casts
     per weight. The same numbers as block(x) under autocast. A compiled graph fuses the casts itself."""
-    dtype = _autocast_dtype(x.device)
+    dtype = autocast_dtype(x.device)
     if not on or dtype not in _HALF or torch.compiler.is_compiling():
         return block(x)
     weights = _cast_weights(block)

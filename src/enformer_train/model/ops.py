@@ -21,6 +21,13 @@ def without_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The lower dtype autocast computes in on `device`, or None where it is off."""
+    if device.type in ("cuda", "cpu", "xpu") and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
 class BatchNormFunction(torch.autograd.Function):
     """y = act((x - mean) / sqrt(var + eps) * weight + bias), act = identity or sigmoid(1.702 z) z.
 
