@@ -7,7 +7,7 @@ import torch
 from enformer_train import Enformer, EnformerConfig, load_model, save_model
 from enformer_train.errors import UserError
 from enformer_train.model.attention import positional_features
-from enformer_train.model.ops import AddRelativeLogits
+from enformer_train.model.ops import AddRelativeLogits, dropout_mask, gap_mask
 from model_helpers import no_dropout, randomise_, tiny_config
 
 
@@ -211,7 +211,7 @@ def test_fused_functions_have_exact_gradients():
 
     torch.autograd.gradcheck(seeded, (logits, v))
     torch.manual_seed(5)
-    mask = ~torch.empty(2, 3, 5, 5, dtype=torch.bool).bernoulli_(0.3)
+    mask = ~dropout_mask(logits, 0.3)
     expected = torch.matmul(logits.softmax(-1) * mask / 0.7, v)
     torch.testing.assert_close(seeded(logits, v), expected)
     assert 0 < (~mask).sum() < mask.numel()
@@ -236,7 +236,7 @@ def test_attend_backward_under_autocast_with_a_float32_softmax(rate):
     out.backward(grad.to(torch.bfloat16))
 
     torch.manual_seed(1)
-    keep = ~torch.empty(2, 3, 16, 16, dtype=torch.bool).bernoulli_(rate) if rate else torch.ones(2, 3, 16, 16, dtype=torch.bool)
+    keep = ~dropout_mask(logits, rate) if rate else torch.ones(2, 3, 16, 16, dtype=torch.bool)
     ref_logits = logits.detach().clone().requires_grad_()
     ref_v = v.detach().float().requires_grad_()
     (torch.matmul(ref_logits.softmax(-1) * keep / (1 - rate), ref_v) * grad).sum().backward()

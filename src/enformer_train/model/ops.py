@@ -7,6 +7,7 @@ Each is checked against autograd by torch.autograd.gradcheck in tests/test_model
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -246,6 +247,62 @@ def _shifted_view(relative: torch.Tensor) -> torch.Tensor:
     return flat.unflatten(-1, (t, width - 1))[..., :t]
 
 
+def gap_mask(n: int, rate: float, draws: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n independent Bernoulli(rate) draws as a bool tensor, drawn as the gaps between the True
+    positions: a gap is geometric, 1 + floor(log(1 - U) / log(1 - rate)) for U uniform in [0, 1)
+    (float64, from `generator` or torch's default one), so about n x rate uniforms are drawn
+    instead of n. Above rate 0.5 the False positions are drawn instead. Exact: the gaps are drawn in
+    batches (`draws` at most, for the test) until they pass the end, each batch starting where the
+    last stopped (a geometric gap has no memory)."""
+    if not 0 < rate < 1:
+        raise ValueError(f"a dropout rate must be in (0, 1), got {rate}")
+    if rate > 0.5:
+        return gap_mask(n, 1.0 - rate, draws, generator).logical_not_()
+    scale = 1.0 / math.log1p(-rate)
+    mask = torch.zeros(n, dtype=torch.bool)
+    last = -1  # the last True position drawn
+    while last < n - 1:
+        mean = (n - 1 - last) * rate
+        count = int(mean + 10 * math.sqrt(mean * (1 - rate)) + 16)  # past the end but for odds below 1e-20
+        if draws is not None:
+            count = min(count, draws)
+        gaps = torch.rand(count, dtype=torch.float64, generator=generator).neg_().log1p_().mul_(scale).floor_().add_(1)
+        positions = gaps.to(torch.int64).cumsum_(0).add_(last)
+        last = int(positions[-1])
+        mask[positions[: int(torch.searchsorted(positions, n))]] = True
+    return mask
+
+
+def _seeded_gap_mask(like: torch.Tensor, seed: torch.Tensor, rate: float) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(int(seed))
+    return gap_mask(like.numel(), rate, generator=generator).view(like.shape)
+
+
+# The mask on the CPU is an operator of its own, a function of a seed drawn from torch's generator
+# (a random operator, which a compiled graph never merges with another), so that a compiled graph
+# calls it as it is (inductor would draw n uniforms): two calls draw two seeds, and a backward
+# that recomputes the mask under checkpointing recomputes the forward's.
+_LIBRARY = torch.library.Library("enformer_train", "DEF")
+_LIBRARY.define("dropout_mask(Tensor like, Tensor seed, float rate) -> Tensor")
+_LIBRARY.impl("dropout_mask", _seeded_gap_mask, "CPU")
+
+
+@torch.library.register_fake("enformer_train::dropout_mask")
+def _dropout_mask_fake(like, seed, rate):
+    return like.new_empty(like.shape, dtype=torch.bool)
+
+
+def dropout_mask(like: torch.Tensor, rate: float) -> torch.Tensor:
+    """A bool tensor of `like`'s shape, each element True (dropped) with probability `rate`. On the
+    CPU drawn by gap_mask from a seed drawn from torch's generator, 7x faster than bernoulli_ at
+    the attention's rate of 0.05 (a bernoulli_ of 19M elements took 0.13-0.18 s on a 2-core AMD
+    EPYC: 2 s of a quarter-width training step); elsewhere bernoulli_."""
+    if like.device.type == "cpu":
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64)
+        return torch.ops.enformer_train.dropout_mask(like, seed, rate)
+    return torch.empty(like.shape, dtype=torch.bool, device=like.device).bernoulli_(rate)
+
+
 class AttendFunction(torch.autograd.Function):
     """dropout(softmax(logits)) @ v, keeping for backward the softmax and a boolean dropout mask
     only: autograd would also keep the dropped-out copy, the largest tensor of each layer."""
@@ -256,7 +313,7 @@ class AttendFunction(torch.autograd.Function):
         dropped = None
         weights = p
         if training and rate > 0:
-            dropped = torch.empty(p.shape, dtype=torch.bool, device=p.device).bernoulli_(rate)
+            dropped = dropout_mask(p, rate)
             weights = p.masked_fill(dropped, 0.0).mul_(1.0 / (1.0 - rate))
         ctx.save_for_backward(p, v, dropped)
         ctx.rate = rate
