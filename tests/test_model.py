@@ -7,7 +7,7 @@ import torch
 from enformer_train import Enformer, EnformerConfig, load_model, save_model
 from enformer_train.errors import UserError
 from enformer_train.model.attention import positional_features
-from enformer_train.model.ops import AddRelativeLogits, dropout_mask, gap_mask
+from enformer_train.model.ops import AddRelativeLogits, dropout_mask
 from model_helpers import no_dropout, randomise_, tiny_config
 
 
