@@ -1,5 +1,5 @@
-"""The attention's dropout mask on the CPU (model/ops.py gap_mask): Bernoulli draws made as the
-gaps between the dropped positions."""
+"""The attention's dropout mask in a compiled graph on the CPU (model/ops.py gap_mask): Bernoulli
+draws made as the gaps between the dropped positions."""
 import math
 
 import pytest
@@ -42,18 +42,30 @@ def test_gap_mask_drawn_in_batches_is_the_same_mask(rate):
         assert torch.equal(whole, ~gap_mask(100_000, 1 - rate))
 
 
-def test_dropout_mask_is_seeded_and_shaped():
+def test_dropout_mask_operator_is_a_function_of_its_seed():
+    """The compiled graph's operator: the seed decides the mask (gap_mask from a generator seeded
+    with it), whatever torch's own generator holds."""
     like = torch.empty(2, 3, 40, 40)
+    seed = torch.tensor(12345)
     torch.manual_seed(0)
-    first = dropout_mask(like, 0.05)
-    torch.manual_seed(0)
-    again = dropout_mask(like, 0.05)
+    first = torch.ops.enformer_train.dropout_mask(like, seed, 0.05)
     torch.manual_seed(1)
-    other = dropout_mask(like, 0.05)
+    again = torch.ops.enformer_train.dropout_mask(like, seed, 0.05)
+    other = torch.ops.enformer_train.dropout_mask(like, torch.tensor(12346), 0.05)
+    expected = gap_mask(like.numel(), 0.05, generator=torch.Generator().manual_seed(12345)).view(like.shape)
     assert first.shape == like.shape and first.dtype == torch.bool
-    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(first, again) and torch.equal(first, expected) and not torch.equal(first, other)
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         gap_mask(10, 1.0)
+
+
+def test_eager_keeps_bernoulli():
+    """Eager draws the mask as bernoulli_ did (the stream the demo's figures were trained with)."""
+    like = torch.empty(2, 3, 40, 40)
+    torch.manual_seed(7)
+    mask = dropout_mask(like, 0.05)
+    torch.manual_seed(7)
+    assert torch.equal(mask, torch.empty(2, 3, 40, 40, dtype=torch.bool).bernoulli_(0.05))
 
 
 def test_compiled_graph_draws_one_mask_per_call():
