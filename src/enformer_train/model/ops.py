@@ -18,7 +18,7 @@ GELU_SCALE = 1.702
 
 def without_autocast(device: torch.device):
     """A context that turns autocast off where it is on (for the code inside that picks its dtypes)."""
-    on = device.type in ("cuda", "cpu", "xpu") and torch.is_autocast_enabled(device.type)
+    on = autocast_dtype(device) is not None
     return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
 
 
@@ -297,9 +297,10 @@ def dropout_mask(like: torch.Tensor, rate: float) -> torch.Tensor:
 
     In a compiled graph on the CPU drawn by gap_mask from a seed drawn in the graph: 17 ms for the
     attention's 19M weights at 0.05, where bernoulli_ took 120-180 ms on a 2-core AMD EPYC (a
-    serial loop there, one uniform per element): 1.4 s of a 14-s quarter-width training step. A compiled graph draws its own random numbers anyway (inductor's, for every
-    other dropout), so no stream is lost. Eager keeps bernoulli_ and its stream, which the demo's
-    measured figures were trained with."""
+    serial loop there, one uniform per element): 1.4 s of a 14-s quarter-width training step. A
+    compiled graph draws its own random numbers anyway (inductor's, for every other dropout), so
+    no stream is lost. Eager keeps bernoulli_ and its stream, which the demo's measured figures
+    were trained with."""
     if like.device.type == "cpu" and torch.compiler.is_compiling():
         seed = torch.randint(0, 2**62, (), dtype=torch.int64)
         return torch.ops.enformer_train.dropout_mask(like, seed, rate)
