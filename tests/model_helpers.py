@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import socket
+import time
 
+import pytest
 import torch
+import torch.multiprocessing as mp
 
 from enformer_train import EnformerConfig
 
@@ -49,3 +52,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def spawn_ranks(fn, args: tuple, nprocs: int = 2, timeout_s: float = 300.0) -> None:
+    """mp.spawn(fn, args, nprocs) with a deadline: ranks still running after timeout_s are killed
+    and the test fails naming them, where mp.spawn would wait for ever on a hung collective."""
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1.0):  # raises, naming the rank, when one fails
+        if time.monotonic() > deadline:
+            alive = [rank for rank, process in enumerate(context.processes) if process.is_alive()]
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"rank(s) {alive} still running after {timeout_s:.0f} s; killed")

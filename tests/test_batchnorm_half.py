@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.profiler import profile
 
+from enformer_train.distributed import teardown
 from enformer_train.model.ops import BatchNormFunction, batch_norm
-from model_helpers import free_port
+from model_helpers import free_port, spawn_ranks
 
 EPS = 1e-5
 
@@ -90,13 +90,13 @@ def _worker(rank, world, port, out_dir):
         got = {gelu: _half(x[share], weight, bias, grad[share], gelu, world) for gelu in (False, True)}
         torch.save(got, os.path.join(out_dir, f"{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        teardown()
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_bf16_batch_norm_on_two_ranks_equals_one_rank_with_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, (2, free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     x, weight, bias, grad = _inputs()
     for gelu in (False, True):

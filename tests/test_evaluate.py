@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from conftest_data import store_dir
 from enformer_train import Enformer
@@ -17,7 +16,7 @@ from enformer_train.data.store import Store
 from enformer_train.distributed import setup, teardown
 from enformer_train.saved import load
 from enformer_train.train.validation import assay_tracks, evaluate_store
-from model_helpers import free_port, randomise_, tiny_config
+from model_helpers import free_port, randomise_, spawn_ranks, tiny_config
 from train_helpers import overrides, run
 
 
@@ -46,7 +45,7 @@ def _worker(rank, world_size, port, out):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_validation_on_two_ranks_equals_one_rank_on_an_uneven_split(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, (2, free_port(), str(tmp_path)), nprocs=2)
     two = [torch.load(tmp_path / f"sums{r}.pt", weights_only=True) for r in range(2)]
     torch.testing.assert_close(two[0], two[1], rtol=0, atol=0)  # every rank holds the global sums
 

@@ -4,10 +4,9 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from enformer_train.distributed import host_sum
-from model_helpers import free_port
+from enformer_train.distributed import host_sum, teardown
+from model_helpers import free_port, spawn_ranks
 
 WORLD = 3
 SIZES = [129, 1, 64, 16384, 7, 3000] * 5  # 16384 = the page's capacity; the slots alternate
@@ -32,15 +31,14 @@ def _worker(rank, port, out_dir):
         torch.save({"opened": opened, "left_files": sorted(after - before), "sums": sums, "single": single,
                     "large": large}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        host_sum.close_host_sum()
-        dist.destroy_process_group()
+        teardown()
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="the page is x86-64 only")
 def test_every_rank_gets_the_rank_order_float64_sum_and_no_file_is_left(tmp_path):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(_worker, (free_port(), str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for r in ranks:
         assert r["opened"]
@@ -69,8 +67,7 @@ def _full_worker(rank, port, out_dir):
         got = host_sum.sum_over_ranks(_vector(rank, 0, 129))
         torch.save({"opened": opened, "sum": got}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        host_sum.close_host_sum()
-        dist.destroy_process_group()
+        teardown()
 
 
 @pytest.mark.slow
@@ -78,7 +75,7 @@ def _full_worker(rank, port, out_dir):
 @pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate")
 def test_no_room_for_the_page_leaves_every_rank_on_gloo(tmp_path):
     before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    mp.spawn(_full_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_full_worker, (free_port(), str(tmp_path)), nprocs=2)
     for r in range(2):
         result = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert result["opened"] is False

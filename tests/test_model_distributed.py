@@ -5,11 +5,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from enformer_train import Enformer
-from enformer_train.distributed import host_sum
-from model_helpers import free_port, no_dropout, randomise_, tiny_config
+from enformer_train.distributed import host_sum, teardown
+from model_helpers import free_port, no_dropout, randomise_, spawn_ranks, tiny_config
 
 BATCH = 4
 
@@ -57,14 +56,13 @@ def _worker(rank, world, port, out_dir):
             torch.save({"out": out, "grad_x": grad_x, "grads": grads,
                         "buffers": dict(model.named_buffers())}, os.path.join(out_dir, f"{how}{rank}.pt"))
     finally:
-        host_sum.close_host_sum()
-        dist.destroy_process_group()
+        teardown()
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ranks_with_half_batches_equal_one_rank_with_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, (2, free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"page{r}.pt", weights_only=True) for r in range(2)]
     # two ranks' sums through the page are gloo's to the bit (a + b either way)
     for r, page in enumerate(ranks):

@@ -112,12 +112,19 @@ def die_with_launcher() -> None:
 
 
 def teardown() -> None:
+    """This process's part of the job ends: the watchdog, the shared page, the process group."""
     global _watchdog
     if _watchdog is not None:
         _watchdog.stop()
         _watchdog = None
     close_host_sum()
     if dist.is_initialized():
+        if dist.get_backend() == "gloo" and not hasattr(dist.ProcessGroup, "shutdown"):
+            # torch < 2.5 destroys a gloo group holding the GIL while it joins the group's worker
+            # threads, and a worker that is still releasing the last collective's tensor needs the
+            # GIL to do so: both wait for ever (one teardown in a dozen on 2 cores). Sleeping lets
+            # the worker finish first; newer torch shuts the group down without the GIL.
+            time.sleep(0.1)
         dist.destroy_process_group()
 
 
