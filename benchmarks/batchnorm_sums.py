@@ -32,7 +32,7 @@ def _spin(ms: float) -> None:
 
 
 def _worker(rank, world, port, args, out):
-    from enformer_train.distributed import host_sum
+    from enformer_train.distributed import host_sum, teardown
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -59,7 +59,7 @@ def _worker(rank, world, port, args, out):
             same = len(results) == 2 and torch.equal(*results.values())
             rows.append((size, times, same))
     finally:
-        dist.destroy_process_group()
+        teardown()
     if rank == 0:
         torch.save(rows, out)
 
