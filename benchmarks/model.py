@@ -6,9 +6,13 @@ weights (converted from the enformer-pytorch model), same input, batch 1, CPU: a
 torch.no_grad()). With --compile this project's model runs a third time under torch.compile; its
 first step (the compilation) is reported apart. Each model runs in its own fresh process so that
 peak memory is its own: peak RSS during the steps minus RSS before them, i.e. what the step itself
-allocates.
+allocates. "faults" are the minor page faults of a step (the kernel handing out and zeroing a fresh
+page): glibc returns every freed block over 32 MiB to the system, so each step's large activations
+are new pages again. --keep-freed-memory sets glibc's MALLOC_MMAP_THRESHOLD_ and
+MALLOC_TRIM_THRESHOLD_ (2 GiB) for every model's process alike, so that freed blocks are reused.
 
     USE_TF=0 python benchmarks/model.py [--steps 3] [--threads 2] [--channels 384] [--what train|infer] [--compile]
+                                        [--keep-freed-memory]
 Needs `pip install enformer-pytorch`.
 """
 from __future__ import annotations
@@ -24,6 +28,9 @@ import tempfile
 import time
 
 os.environ.setdefault("USE_TF", "0")
+
+
+KEEP_BYTES = 2**31 - 1  # the largest threshold glibc's mallopt takes (an int)
 
 
 def _rss_bytes() -> int:
@@ -52,10 +59,10 @@ def _child(which: str, args) -> dict:
     training = args.what == "train"
     model.train(training)
     call = torch.compile(model) if which == "enformer-train-compiled" else model
-    times = []
+    times, faults = [], []
     base = _rss_bytes()
     for _ in range(args.steps + 1):  # the first step warms up allocators and caches (and compiles)
-        start = time.perf_counter()
+        start, faulted = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if training:
             out = call(inputs)
             loss = out["human"].mean() + out["mouse"].mean()
@@ -67,8 +74,10 @@ def _child(which: str, args) -> dict:
                 out = call(inputs)
         times.append(time.perf_counter() - start)
         del out
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": statistics.median(times[1:]), "peak_bytes": peak - base, "first_seconds": times[0]}
+    return {"seconds": statistics.median(times[1:]), "peak_bytes": peak - base, "first_seconds": times[0],
+            "faults": int(statistics.median(faults[1:]))}
 
 
 def main() -> None:
@@ -80,6 +89,9 @@ def main() -> None:
     p.add_argument("--length", type=int, default=196_608)
     p.add_argument("--what", choices=["train", "infer"], default="train")
     p.add_argument("--compile", action="store_true", help="also this project's model under torch.compile")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="every model's process keeps freed memory for reuse (glibc's MALLOC_MMAP_THRESHOLD_ "
+                        "and MALLOC_TRIM_THRESHOLD_)")
     p.add_argument("--child", choices=["enformer-pytorch", "enformer-train", "enformer-train-compiled"])
     p.add_argument("--weights")
     p.add_argument("--input")
@@ -100,11 +112,14 @@ def main() -> None:
         torch.save(torch.randint(0, 5, (1, args.length), dtype=torch.uint8), inputs)
         del reference
         results = {}
+        env = dict(os.environ)
+        if args.keep_freed_memory:
+            env.update(MALLOC_MMAP_THRESHOLD_=str(KEEP_BYTES), MALLOC_TRIM_THRESHOLD_=str(KEEP_BYTES))
         for which in ("enformer-pytorch", "enformer-train") + (("enformer-train-compiled",) if args.compile else ()):
             cmd = [sys.executable, __file__, "--child", which, "--weights", weights, "--input", inputs,
                    "--steps", str(args.steps), "--threads", str(args.threads), "--channels", str(args.channels),
                    "--layers", str(args.layers), "--length", str(args.length), "--what", args.what]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             results[which] = json.loads(out.strip().splitlines()[-1])
 
     ref = results["enformer-pytorch"]
@@ -112,13 +127,15 @@ def main() -> None:
             "inference, eval mode under torch.no_grad()")
     print(f"Enformer {what}, CPU, {args.threads} threads, batch 1, channels {args.channels}, "
           f"{args.layers} layers, {args.length:,} bp, median of {args.steps} steps after one (first s: that one, "
-          "which compiles for the compiled model)")
+          "which compiles for the compiled model)" + ("; glibc keeps freed memory (--keep-freed-memory)"
+                                                      if args.keep_freed_memory else ""))
     print(f"| {'model':<23} | {'seconds':>8} | {'first s':>8} | {'peak MiB':>9} | {'time ratio':>10} | "
-          f"{'memory ratio':>12} |")
-    print(f"|{'-' * 25}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 12}|{'-' * 14}|")
+          f"{'memory ratio':>12} | {'faults':>9} |")
+    print(f"|{'-' * 25}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 12}|{'-' * 14}|{'-' * 11}|")
     for which, r in results.items():
         print(f"| {which:<23} | {r['seconds']:>8.2f} | {r['first_seconds']:>8.1f} | {r['peak_bytes'] / 2**20:>9.0f} | "
-              f"{r['seconds'] / ref['seconds']:>10.2f} | {r['peak_bytes'] / ref['peak_bytes']:>12.2f} |")
+              f"{r['seconds'] / ref['seconds']:>10.2f} | {r['peak_bytes'] / ref['peak_bytes']:>12.2f} | "
+              f"{r['faults']:>9,} |")
 
 
 if __name__ == "__main__":
