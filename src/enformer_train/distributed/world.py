@@ -119,11 +119,14 @@ def teardown() -> None:
         _watchdog = None
     close_host_sum()
     if dist.is_initialized():
-        if dist.get_backend() == "gloo" and not hasattr(dist.ProcessGroup, "shutdown"):
-            # torch < 2.5 destroys a gloo group holding the GIL while it joins the group's worker
-            # threads, and a worker that is still releasing the last collective's tensor needs the
-            # GIL to do so: both wait for ever (one teardown in a dozen on 2 cores). Sleeping lets
-            # the worker finish first; newer torch shuts the group down without the GIL.
+        if dist.get_backend() == "gloo":
+            # A gloo worker thread may still be releasing the last collective's tensor, which needs
+            # the GIL. torch < 2.5 destroys the group holding the GIL while it joins the workers:
+            # both wait for ever (one teardown in a dozen on 2 cores). Newer torch does not, but a
+            # group that outlives its destroy (DDP's reducer keeps it, torch 2.13) keeps its
+            # workers into the interpreter's exit, where one asking for the GIL aborts the process
+            # ('terminate called without an active exception': one exit in three straight after a
+            # collective). Sleeping lets the worker finish first.
             time.sleep(0.1)
         dist.destroy_process_group()
 
