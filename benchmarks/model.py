@@ -4,7 +4,8 @@ Same config (the official colab's quarter width: channels 384, 11 layers, 196,60
 weights (converted from the enformer-pytorch model), same input, batch 1, CPU: a training step
 (training mode, forward + backward) or, with --what infer, an inference (eval mode,
 torch.no_grad()). With --compile this project's model runs a third time under torch.compile; its
-first step (the compilation) is reported apart. Each model runs in its own fresh process so that
+first step (the compilation) is reported apart, and, as the commands do when they compile on a
+CPU, glibc keeps its freed memory (compiling.keep_freed_memory). Each model runs in its own fresh process so that
 peak memory is its own: peak RSS during the steps minus RSS before them, i.e. what the step itself
 allocates. "faults" are the minor page faults of a step (the kernel handing out and zeroing a fresh
 page): glibc returns every freed block over 32 MiB to the system, so each step's large activations
@@ -58,7 +59,13 @@ def _child(which: str, args) -> dict:
         inputs = x
     training = args.what == "train"
     model.train(training)
-    call = torch.compile(model) if which == "enformer-train-compiled" else model
+    if which == "enformer-train-compiled":
+        from enformer_train.compiling import keep_freed_memory
+
+        keep_freed_memory(torch.device("cpu"))  # as the commands do when they compile on a CPU
+        call = torch.compile(model)
+    else:
+        call = model
     times, faults = [], []
     base = _rss_bytes()
     for _ in range(args.steps + 1):  # the first step warms up allocators and caches (and compiles)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from enformer_train import Enformer, EnformerConfig
-from enformer_train.compiling import MIN_TORCH, torch_version
+from enformer_train.compiling import KEEP_FREED_SWITCH, MIN_TORCH, torch_version
 from enformer_train.train.metrics_log import read_metrics
 from enformer_train.train.loss import poisson_loss
 from model_helpers import no_dropout, tiny_config
@@ -139,4 +143,38 @@ def test_compiled_training_on_two_ranks_equals_eager_and_compiles_once(tmp_path)
     # the first step compiled (said and logged); nothing compiled again after the second
     assert compiled[0]["compile_s"] > 0 and "compile_s" not in eager[0]
     assert "torch.compile compiled the training step in" in proc.stderr
+    assert "compiled on a CPU: glibc keeps freed memory" in proc.stderr  # said by rank 0 only
+    assert proc.stderr.count("glibc keeps freed memory") == 1
     assert [m["recompiles"] for m in compiled[2:]] == [0] * 18
+
+
+_FREE_A_BLOCK = """
+import os, sys, torch
+from enformer_train.compiling import keep_freed_memory
+kept = keep_freed_memory(torch.device(sys.argv[1]))
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+block = torch.ones(32 * 2**20)  # 128 MiB, over glibc's largest mmap threshold (32 MiB)
+before = resident()
+del block
+print(kept, (before - resident()) / 2**20)
+"""
+
+
+def _free_a_block(device: str = "cpu", **env: str) -> tuple[bool, float]:
+    """Whether keep_freed_memory(device) said it acted, and the MiB a freed 128-MiB block gave back."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", _FREE_A_BLOCK, device], env={**environment, **env},
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[0] == "True", float(out[1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_a_compiled_cpu_run_keeps_freed_memory_unless_told_not_to():
+    kept, returned = _free_a_block()
+    assert kept and returned < 8  # the block stays in the process for the next step
+    for device, env in (("cpu", {KEEP_FREED_SWITCH: "0"}),  # the user said no
+                        ("cpu", {"MALLOC_TRIM_THRESHOLD_": "131072"}),  # the user set glibc's own variables
+                        ("cuda", {})):  # a GPU's activations are not glibc's
+        kept, returned = _free_a_block(device, **env)
+        assert not kept and 120 < returned < 136, (device, env)  # glibc's default: the block goes back

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..compiling import require_compile
+from ..compiling import KEEP_FREED_SWITCH, keep_freed_memory, require_compile
 from ..config import Config
 from ..data.augment import Augment
 from ..data.loader import Loader, to_device
@@ -185,6 +185,9 @@ class Trainer:
         if self.world.distributed and not _ddp_optimizer_takes_custom_functions():
             # torch 2.4's DDPOptimizer refuses graphs holding autograd functions: one gradient bucket
             torch._dynamo.config.optimize_ddp = False
+        if keep_freed_memory(self.world.device) and self.world.is_main:
+            self._say(f"compiled on a CPU: glibc keeps freed memory for the next step (faster; "
+                      f"{KEEP_FREED_SWITCH}=0 returns it to the system as before)")
         return torch.compile(model)
 
     def _prepare_run_folder(self) -> None:
