@@ -75,7 +75,7 @@ def main() -> None:
         agree = all(np.array_equal(x, y, equal_nan=True) for ta, tb in zip(a, b) for x, y in zip(ta, tb))
     print(f"{args.tracks} tracks x {args.regions} spans of {args.span} bp, chromosome {args.chrom_mb:g} Mb; "
           f"values identical (NaN gaps included): {agree}")
-    print(f"| library | spans/s | Mbp/s |\n|---|---|---|")
+    print("| library | spans/s | Mbp/s |\n|---|---|---|")
     for name, per_s, mbp in rows:
         print(f"| {name} | {per_s:.1f} | {mbp:.1f} |")
 

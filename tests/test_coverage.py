@@ -2,9 +2,6 @@
 and blacklist reading, the bigWig reader, tiling a genome into regions, and every bad input."""
 from __future__ import annotations
 
-import io
-import os
-
 import numpy as np
 import pytest
 

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from conftest_data import store_dir
 from enformer_train import Enformer, EnformerConfig, load_model, save_model
 from enformer_train.cli import main
-from enformer_train.errors import UserError
 from enformer_train.model.lora import add_lora
 from enformer_train.saved.checkpoint import load_checkpoint
 from enformer_train.train.finetune import load_run_config

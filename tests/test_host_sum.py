@@ -115,7 +115,6 @@ def _page_files() -> set:
                     reason="the page is x86-64 only")
 @pytest.mark.parametrize("fault", ["kill", "stop"])
 def test_a_peer_killed_or_stopped_during_an_exchange_ends_the_survivor_with_one_line_naming_it(fault):
-    import signal
     import subprocess
     import sys
     import time
