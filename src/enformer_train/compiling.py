@@ -37,8 +37,8 @@ def keep_freed_memory(device: torch.device) -> bool:
 
     By default glibc returns every freed block over 32 MiB to the kernel, which gives it back as
     fresh pages, each faulted in and zeroed 4 KiB at a time: most of a step's activations. With
-    both thresholds at 2 GiB the compiled quarter-width training step took 23-27% less time at
-    the same peak memory, compiled inference 10-20% less at a 43-46% higher peak
+    both thresholds at 2 GiB the compiled quarter-width training step took 23-39% less time at
+    the same peak memory, compiled inference of the paper's model 14-23% less at a 42-52% higher peak
     (benchmarks/RESULTS.md); an eager step's peak grows by 67-76%, so eager runs are left alone.
     Nothing changes off Linux's glibc, where the user set glibc's own variables (their choice
     stands), or with ENFORMER_TRAIN_KEEP_FREED_MEMORY=0. True when glibc now keeps freed memory.
