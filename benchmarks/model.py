@@ -31,9 +31,6 @@ import time
 os.environ.setdefault("USE_TF", "0")
 
 
-KEEP_BYTES = 2**31 - 1  # the largest threshold glibc's mallopt takes (an int)
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -121,7 +118,9 @@ def main() -> None:
         results = {}
         env = dict(os.environ)
         if args.keep_freed_memory:
-            env.update(MALLOC_MMAP_THRESHOLD_=str(KEEP_BYTES), MALLOC_TRIM_THRESHOLD_=str(KEEP_BYTES))
+            from enformer_train.compiling import KEEP_FREED_BYTES  # the commands' own thresholds
+
+            env.update(MALLOC_MMAP_THRESHOLD_=str(KEEP_FREED_BYTES), MALLOC_TRIM_THRESHOLD_=str(KEEP_FREED_BYTES))
         for which in ("enformer-pytorch", "enformer-train") + (("enformer-train-compiled",) if args.compile else ()):
             cmd = [sys.executable, __file__, "--child", which, "--weights", weights, "--input", inputs,
                    "--steps", str(args.steps), "--threads", str(args.threads), "--channels", str(args.channels),
