@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from enformer_train import Enformer, EnformerConfig, save_model  # noqa: E402
+from enformer_train.compiling import compile_model  # noqa: E402
 from enformer_train.model.enformer import one_hot  # noqa: E402
 from enformer_train.model.info import measure  # noqa: E402
 from enformer_train.train.loss import poisson_loss  # noqa: E402
@@ -261,13 +262,14 @@ def demo(out: str) -> list[dict]:
 
 
 def compiled(flops: float) -> list[dict]:
-    """torch.compile of the paper's model (not the trainer's default): training batch 2 and bf16
-    inference batch 8, timed as sections 2 and 3 after the compiling warm-up steps."""
+    """torch.compile of the paper's model (compiling.compile_model, as train.compile=true and --compile
+    do; not the trainer's default): training batch 2 and bf16 inference batch 8, timed as sections 2
+    and 3 after the compiling warm-up steps."""
     rows = []
     torch.manual_seed(0)
     config = _config()
     model = Enformer(config).to(DEVICE)
-    fast = torch.compile(model)
+    fast = compile_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     for batch, training in ((2, True), (8, False)):
         model.train(training)

@@ -57,10 +57,10 @@ def _child(which: str, args) -> dict:
     training = args.what == "train"
     model.train(training)
     if which == "enformer-train-compiled":
-        from enformer_train.compiling import keep_freed_memory
+        from enformer_train.compiling import compile_model, keep_freed_memory
 
         keep_freed_memory(torch.device("cpu"))  # as the commands do when they compile on a CPU
-        call = torch.compile(model)
+        call = compile_model(model)  # with the commands' options
     else:
         call = model
     times, faults = [], []

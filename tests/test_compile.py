@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from enformer_train import Enformer, EnformerConfig
-from enformer_train.compiling import KEEP_FREED_SWITCH, MIN_TORCH, torch_version
+from enformer_train.compiling import KEEP_FREED_SWITCH, MIN_TORCH, compile_model, torch_version
 from enformer_train.train.metrics_log import read_metrics
 from enformer_train.train.loss import poisson_loss
 from model_helpers import no_dropout, tiny_config
@@ -178,3 +179,32 @@ def test_a_compiled_cpu_run_keeps_freed_memory_unless_told_not_to():
                         ("cuda", {})):  # a GPU's activations are not glibc's
         kept, returned = _free_a_block(device, **env)
         assert not kept and 120 < returned < 136, (device, env)  # glibc's default: the block goes back
+
+
+# A buffer the compiled code allocates: empty_strided_cpu((sizes), (strides), dtype)
+_ALLOCATION_4D = re.compile(r"empty_strided_cpu\(\((\d+), (\d+), (\d+), (\d+)\), \((\d+), (\d+), (\d+), (\d+)\)")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_OLD_TORCH, reason="inductor compiles this model on torch 2.5 and newer")
+def test_compiled_attention_keeps_its_tensors_in_their_own_order():
+    """compile_model's inductor leaves attention's [batch, heads, T, T] tensors (the dropout mask
+    kept for backward, the weights) row-major: plain torch.compile gives them channels-last strides
+    (heads fastest) because the graph holds convolutions, which made writing the mask alone cost
+    180 ms a layer at quarter width (compiling.COMPILE_OPTIONS)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = Enformer(config).train()
+    codes = torch.randint(0, 5, (2, config.sequence_length), dtype=torch.uint8)
+    target = torch.rand(2, config.target_length, config.heads["human"])
+    compiled = compile_model(model)
+    loss, code = run_and_get_code(lambda: poisson_loss(compiled(codes, head="human"), target))  # the forward graph
+    allocations = [tuple(map(int, m.groups())) for text in code for m in _ALLOCATION_4D.finditer(text)]
+    heads, positions = config.num_heads, config.sequence_length // 128
+    attention = [a for a in allocations if a[:4] == (2, heads, positions, positions)]
+    assert attention  # the mask and the weights are allocated by the compiled code
+    assert all(a[4:] == (heads * positions**2, positions**2, positions, 1) for a in attention), attention
+    assert torch.isfinite(loss)

@@ -1,5 +1,5 @@
-"""torch.compile for the commands: the torch it needs, a model compiled for inference, and glibc
-keeping freed memory for a compiled model on a CPU."""
+"""torch.compile for the commands: the torch it needs, the options it compiles this model with, a
+model compiled for inference, and glibc keeping freed memory for a compiled model on a CPU."""
 from __future__ import annotations
 
 import ctypes
@@ -24,6 +24,21 @@ def require_compile(option: str, instead: str) -> None:
     if torch_version() < MIN_TORCH:
         raise UserError(f"{option} needs torch {'.'.join(map(str, MIN_TORCH))} or newer (this is {torch.__version__}: "
                         f"its inductor fails on this model, 'Invalid NaN comparison' in its value ranges); {instead}")
+
+
+# Inductor gives every 4-D tensor of a graph that holds a convolution channels-last strides where a
+# convolution's input or output depends on it (on a CPU with oneDNN: whenever there is a convolution),
+# which pays for 2-D convolutions. This model's convolutions are 1-D; its 4-D tensors are attention's
+# [batch, heads, T, T], which feed matrix products only, and were written heads-fastest: in a
+# training step the dropout mask was transposed through 8 x 8 blocks of bytes (180 ms a layer of the
+# quarter-width model with AVX2's kernels, against 15 ms for the same kernel unordered).
+COMPILE_OPTIONS = {"layout_optimization": False}
+
+
+def compile_model(model: nn.Module, **kwargs) -> nn.Module:
+    """torch.compile(model, **kwargs) with this project's COMPILE_OPTIONS (the trainer, the commands'
+    --compile and the benchmarks compile through it)."""
+    return torch.compile(model, options=dict(COMPILE_OPTIONS), **kwargs)
 
 
 KEEP_FREED_BYTES = 2**31 - 1  # glibc's thresholds for returning freed memory, kept at 2 GiB
@@ -70,7 +85,7 @@ class CompiledForInference(nn.Module):
         self.model = model
         parameter = next(model.parameters(), None)
         keep_freed_memory(parameter.device if parameter is not None else torch.device("cpu"))
-        self.compiled = torch.compile(model, dynamic=False)
+        self.compiled = compile_model(model, dynamic=False)
         self.batch = 0
 
     @property

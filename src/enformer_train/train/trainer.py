@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..compiling import KEEP_FREED_SWITCH, keep_freed_memory, require_compile
+from ..compiling import KEEP_FREED_SWITCH, compile_model, keep_freed_memory, require_compile
 from ..config import Config
 from ..data.augment import Augment
 from ..data.loader import Loader, to_device
@@ -188,7 +188,7 @@ class Trainer:
         if keep_freed_memory(self.world.device) and self.world.is_main:
             self._say(f"compiled on a CPU: glibc keeps freed memory for the next step (faster; "
                       f"{KEEP_FREED_SWITCH}=0 returns it to the system as before)")
-        return torch.compile(model)
+        return compile_model(model)
 
     def _prepare_run_folder(self) -> None:
         """Rank 0 makes the run folder, removes temporaries of saves cut short and writes config.yaml."""
