@@ -3,9 +3,9 @@
 Same config (the official colab's quarter width: channels 384, 11 layers, 196,608 bp), same
 weights (converted from the enformer-pytorch model), same input, batch 1, CPU: a training step
 (training mode, forward + backward) or, with --what infer, an inference (eval mode,
-torch.no_grad()). With --compile this project's model runs a third time under torch.compile; its
-first step (the compilation) is reported apart, and, as the commands do when they compile on a
-CPU, glibc keeps its freed memory (compiling.keep_freed_memory). Each model runs in its own fresh process so that
+torch.no_grad()). With --compile this project's model runs a third time, compiled as the commands
+compile it (compiling.compile_model); its first step (the compilation) is reported apart, and, as
+the commands do when they compile on a CPU, glibc keeps its freed memory (compiling.keep_freed_memory). Each model runs in its own fresh process so that
 peak memory is its own: peak RSS during the steps minus RSS before them, i.e. what the step itself
 allocates. "faults" are the minor page faults of a step (the kernel handing out and zeroing a fresh
 page): glibc returns every freed block over 32 MiB to the system, so each step's large activations
@@ -118,7 +118,7 @@ def main() -> None:
         results = {}
         env = dict(os.environ)
         if args.keep_freed_memory:
-            from enformer_train.compiling import KEEP_FREED_BYTES  # the commands' own thresholds
+            from enformer_train.compiling import KEEP_FREED_BYTES  # the commands' mmap threshold
 
             env.update(MALLOC_MMAP_THRESHOLD_=str(KEEP_FREED_BYTES), MALLOC_TRIM_THRESHOLD_=str(KEEP_FREED_BYTES))
         for which in ("enformer-pytorch", "enformer-train") + (("enformer-train-compiled",) if args.compile else ()):

@@ -41,22 +41,26 @@ def compile_model(model: nn.Module, **kwargs) -> nn.Module:
     return torch.compile(model, options=dict(COMPILE_OPTIONS), **kwargs)
 
 
-KEEP_FREED_BYTES = 2**31 - 1  # glibc's thresholds for returning freed memory, kept at 2 GiB
+KEEP_FREED_BYTES = 2**31 - 1  # glibc's mmap threshold: blocks up to 2 GiB come from (and go back to) its heap
 KEEP_FREED_SWITCH = "ENFORMER_TRAIN_KEEP_FREED_MEMORY"  # 0: leave glibc as it is
 _GLIBC_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_NEVER = -1  # mallopt(3): a trim threshold of -1 turns trimming off
 
 
 def keep_freed_memory(device: torch.device) -> bool:
     """For a compiled model on a CPU: glibc keeps the blocks a step frees for the next step.
 
     By default glibc returns every freed block over 32 MiB to the kernel, which gives it back as
-    fresh pages, each faulted in and zeroed 4 KiB at a time: most of a step's activations. With
-    both thresholds at 2 GiB the compiled quarter-width training step took 23-39% less time at
-    the same peak memory, compiled inference of the paper's model 14-23% less at a 42-52% higher peak
-    (benchmarks/RESULTS.md); an eager step's peak grows by 67-76%, so eager runs are left alone.
-    Nothing changes off Linux's glibc, where the user set glibc's own variables (their choice
-    stands), or with ENFORMER_TRAIN_KEEP_FREED_MEMORY=0. True when glibc now keeps freed memory.
+    fresh pages, each faulted in and zeroed 4 KiB at a time: most of a step's activations. Here
+    blocks up to 2 GiB come from glibc's heap and the heap is never trimmed. With both thresholds
+    at 2 GiB the compiled quarter-width training step took 23-39% less time at the same peak memory,
+    compiled inference of the paper's model 14-23% less at a 42-52% higher peak; that inference
+    still took 0.8 million faults a step, its heap's free top passing 2 GiB and being trimmed several
+    times a step, and without trimming it takes none (benchmarks/RESULTS.md). An eager step's peak
+    grows by 67-76%, so eager runs are left alone. Nothing changes off Linux's glibc, where the user
+    set glibc's own variables (their choice stands), or with ENFORMER_TRAIN_KEEP_FREED_MEMORY=0.
+    True when glibc now keeps freed memory.
     """
     if device.type != "cpu" or os.environ.get(KEEP_FREED_SWITCH, "1") == "0":
         return False
@@ -66,7 +70,7 @@ def keep_freed_memory(device: torch.device) -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, _NEVER))
     except (OSError, AttributeError):
         return False
 
