@@ -5,8 +5,8 @@ weights (converted from the enformer-pytorch model), same input, batch 1, CPU: a
 (training mode, forward + backward) or, with --what infer, an inference (eval mode,
 torch.no_grad()). With --compile this project's model runs a third time, compiled as the commands
 compile it (compiling.compile_model); its first step (the compilation) is reported apart, and, as
-the commands do when they compile on a CPU, glibc keeps its freed memory (compiling.keep_freed_memory). Each model runs in its own fresh process so that
-peak memory is its own: peak RSS during the steps minus RSS before them, i.e. what the step itself
+the commands do when they compile on a CPU, glibc keeps its freed memory
+(compiling.keep_freed_memory). Each model runs in its own fresh process so that peak memory is its own: peak RSS during the steps minus RSS before them, i.e. what the step itself
 allocates. "faults" are the minor page faults of a step (the kernel handing out and zeroing a fresh
 page): glibc returns every freed block over 32 MiB to the system, so each step's large activations
 are new pages again. --keep-freed-memory sets glibc's MALLOC_MMAP_THRESHOLD_ and

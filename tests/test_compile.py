@@ -203,7 +203,7 @@ def test_compiled_attention_keeps_its_tensors_in_their_own_order():
     compiled = compile_model(model)
     loss, code = run_and_get_code(lambda: poisson_loss(compiled(codes, head="human"), target))  # the forward graph
     allocations = [tuple(map(int, m.groups())) for text in code for m in _ALLOCATION_4D.finditer(text)]
-    heads, positions = config.num_heads, config.sequence_length // 128
+    heads, positions = config.num_heads, config.sequence_length // config.bin_size
     attention = [a for a in allocations if a[:4] == (2, heads, positions, positions)]
     assert attention  # the mask and the weights are allocated by the compiled code
     assert all(a[4:] == (heads * positions**2, positions**2, positions, 1) for a in attention), attention
