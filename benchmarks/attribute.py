@@ -3,7 +3,10 @@
 At one width, batch and input length, on random weights and sequence (CPU, float32):
 - a training step's forward+backward (train mode, Poisson loss on every head) against one
   input-grad map (eval mode, the gradient of a target with respect to the one-hot input);
-- one map against `--per-track` maps of K tracks (one forward, then K input-only backwards through its graph);
+- one map against the same map with the model's weights left in autograd (as before `weights_frozen`);
+- one map against `--per-track` maps of K tracks: one forward, then a backward per track through its
+  graph (the default), or the K cotangents `--batched` at a time in one batched backward
+  (`--maps-per-backward`, torch.func's vmap);
 - ISM forwards/s (mutated windows in batches of --batch) against `predict`'s windows/s at the
   same batch (predict_codes on as many windows), and ISM as the command runs it, recomputing
   only the tower positions a mutation reaches, against the whole windows;
@@ -87,6 +90,7 @@ def parse():
     p.add_argument("--tracks", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--k", type=int, default=10, help="tracks of the --per-track comparison")
+    p.add_argument("--batched", type=int, help="maps per batched backward in the --per-track comparison (default K)")
     p.add_argument("--ism-spans", default="32,128", help="two ISM span lengths for the memory comparison")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -100,8 +104,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from enformer_train.attribute import Target, input_grad, ism
+    from enformer_train.attribute import Target, _target_of, input_grad, ism
     from enformer_train.infer import predict_codes
+    from enformer_train.model.enformer import one_hot
     from enformer_train.train.loss import poisson_loss
 
     torch.set_num_threads(args.threads)
@@ -126,13 +131,26 @@ def main() -> None:
     print("|---|---|---|---|")
     if "maps" in parts:
         one_map = lambda: input_grad(model.eval(), codes, "human", Target(centre, [0]))
-        k_maps = lambda: input_grad(model.eval(), codes, "human", Target(centre, list(range(args.k)), per_track=True))
-        train_s, map_s = _timed(training_step, one_map, repeats=args.repeats)
-        k_s, = _timed(k_maps, repeats=max(1, args.repeats // 2))
+
+        def map_weights_in_autograd():  # input_grad before the weights were held out of autograd
+            x = one_hot(codes, torch.float32).requires_grad_(True)
+            torch.autograd.grad(_target_of(model.eval(), x, "human", Target(centre, [0]), False, None, False).sum(), x)
+
+        tracks = Target(centre, list(range(args.k)), per_track=True)
+        batched = args.batched or args.k
+        looped_maps = lambda: input_grad(model, codes, "human", tracks)
+        batched_maps = lambda: input_grad(model, codes, "human", tracks, maps_per_backward=batched)
+        train_s, map_s, before_s = _timed(training_step, one_map, map_weights_in_autograd, repeats=args.repeats)
+        model.eval()
+        k_s, batched_s = _timed(looped_maps, batched_maps, repeats=max(1, args.repeats // 2))
         print(f"| input-grad, one map | {map_s * 1e3:.1f} ms | training step fwd+bwd {train_s * 1e3:.1f} ms | "
               f"{map_s / train_s:.2f}x |")
-        print(f"| input-grad, --per-track K={args.k} | {k_s * 1e3:.1f} ms | one map {map_s * 1e3:.1f} ms | "
-              f"{k_s / map_s:.2f}x |")
+        print(f"| input-grad, one map | {map_s * 1e3:.1f} ms | weights in autograd {before_s * 1e3:.1f} ms | "
+              f"{map_s / before_s:.2f}x |")
+        print(f"| input-grad, --per-track K={args.k}, a backward per track | {k_s * 1e3:.1f} ms | "
+              f"one map {map_s * 1e3:.1f} ms | {k_s / map_s:.2f}x |")
+        print(f"| input-grad, --per-track K={args.k}, {batched} maps per backward | {batched_s * 1e3:.1f} ms | "
+              f"a backward per track {k_s * 1e3:.1f} ms | {batched_s / k_s:.2f}x |")
     if "ism" in parts:
         model.eval()
         window = codes[0].numpy()

@@ -1,6 +1,7 @@
 """Contribution scores (`enformer-train attribute`): gradient x input against finite differences and
 the colab's formula, ISM against predictions of mutated genomes, integrated gradients' completeness,
 the reverse-complement average, bigWig output, a resumed and a 2-rank run, and bad input."""
+import copy
 import json
 import os
 import subprocess
@@ -90,7 +91,7 @@ def test_input_grad_equals_finite_differences_and_the_colabs_formula(files, tmp_
         assert hypothetical[0, position, base].item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-12)
     # float32, through the command: the colab's contribution_input_grad written out with autograd
     z = _attribute(files, tmp_path / "a.npz", "--bins", "1-2", "--tracks", "0,3", "--transform", "log1p")
-    model = files["model"]
+    model = copy.deepcopy(files["model"]).requires_grad_(False)  # the colab's tape watches the input alone
     x32 = x.float().requires_grad_(True)
     mask = torch.zeros(4, 5)
     mask[1:3, [0, 3]] = 1
@@ -124,6 +125,30 @@ def test_per_track_maps_equal_one_run_per_track_and_mean_centring_subtracts_the_
     np.testing.assert_allclose(centred["hypothetical"], expected, rtol=1e-5, atol=1e-10)
     codes = encode(_window(files["sequences"]["chr1"], 1400 - LENGTH // 2))
     np.testing.assert_allclose(centred["scores"][0], expected[0][np.arange(LENGTH), codes], rtol=1e-5, atol=1e-10)
+
+
+def test_per_track_maps_from_batched_backwards_equal_a_backward_per_track(files, tmp_path):
+    """--maps-per-backward N: the tracks' cotangents N at a time in one backward (torch.func's vmap
+    through the project's own autograd functions) give the maps of a backward per track."""
+    model64 = _model().double()
+    codes = torch.from_numpy(encode(_window(files["sequences"]["chr1"], 1400 - LENGTH // 2)))[None]
+    codes = torch.cat([codes, codes.flip(1)])  # two windows: the cotangents are batched over windows too
+    target = Target([1, 2, 3], [4, 0, 2, 1], per_track=True)
+    pair = torch.tensor([0, 2, 1, 3, 4])
+    looped, values = input_grad(model64, codes, "human", target, rc=True, strand_pair=pair)
+    assert looped.shape == (2, 4, LENGTH, 4)
+    for n in (2, 3, 4):  # 3 does not divide the 4 tracks
+        batched, batched_values = input_grad(model64, codes, "human", target, rc=True, strand_pair=pair,
+                                             maps_per_backward=n)
+        torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-15)
+        torch.testing.assert_close(batched_values, values, rtol=1e-12, atol=0)
+    # the weights are held out of autograd meanwhile, and only meanwhile
+    assert all(p.requires_grad and p.grad is None for p in model64.parameters())
+    # the command (float32): the float64 maps to float32's round-off, as a backward per track gives them
+    z = _attribute(files, tmp_path / "three.npz", "--tracks", "4,0,2", "--per-track", "--maps-per-backward", "3")
+    maps64, values64 = input_grad(model64, codes[:1], "human", Target([1, 2, 3], [4, 0, 2], per_track=True))
+    np.testing.assert_allclose(z["hypothetical"][0], maps64[0].numpy(), rtol=1e-3, atol=1e-6)  # 32 vs 64 bits
+    np.testing.assert_allclose(z["prediction"][0], values64[0].numpy(), rtol=1e-6)
 
 
 def test_rc_averages_the_map_with_the_reverse_complement_genomes_map_flipped_back(files, tmp_path):
@@ -311,6 +336,10 @@ def test_a_stopped_regions_run_resumes_and_two_ranks_write_the_file_of_one(files
     ([], "chrX:1-100", "has no sequence named 'chrX'"),
     ([], "chr1:5000-5100", "chr1:5000-5100 starts past the end of chr1 (3,000 bp)"),
     (["--mean-center", "--method", "ism"], "chr1:1000-1100", "--mean-center goes with --method input-grad"),
+    (["--maps-per-backward", "2"], "chr1:1000-1100", "--maps-per-backward goes with --per-track"),
+    (["--maps-per-backward", "0", "--per-track"], "chr1:1000-1100", "--maps-per-backward 0: must be at least 1"),
+    (["--maps-per-backward", "2", "--per-track", "--bf16"], "chr1:1000-1100",
+     "--maps-per-backward goes without --bf16"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, capsys, extra, region, message):
     out = tmp_path / "o.npz"

@@ -145,33 +145,67 @@ def _target_of(model, x: torch.Tensor, head: str, target: Target, reverse: bool,
 
 
 def input_grad(model, codes: torch.Tensor, head: str, target: Target, *, mean_center: bool = False,
-               rc: bool = False, strand_pair: torch.Tensor | None = None,
-               autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               rc: bool = False, strand_pair: torch.Tensor | None = None, autocast: bool = False,
+               maps_per_backward: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient maps of windows of codes [n, L] (on the model's device): (hypothetical
     [n, (k,) L, 4], target [n, (k)]) in the model's dtype, k = len(target.tracks) with per_track.
 
-    With per_track the k maps come from one forward and k backward passes through its graph (kept
-    between them), each computing the input's gradient alone: at quarter width a further track cost
-    0.6-0.7 of one map, where k copies of the window in one batch cost 1.5 maps a track and k times
-    the memory, and is_grads_batched's vmap does not run the project's in-place backward kernels."""
+    The model's weights are held out of autograd meanwhile (weights_frozen), so each backward
+    computes the input's gradient alone. With per_track the k maps come from one forward and
+    backwards through its graph: one a track (maps_per_backward 1), or the tracks'
+    cotangents `maps_per_backward` at a time in one batched backward (torch.func.vjp, vmapped over
+    them): the faster on the demo's small model, 1.7x slower at quarter width on a CPU
+    (benchmarks/RESULTS.md, contribution scores)."""
+    if maps_per_backward < 1:
+        raise ValueError(f"maps_per_backward must be at least 1, got {maps_per_backward}")
+    if maps_per_backward > 1 and autocast:
+        raise ValueError("maps_per_backward > 1 runs in the model's dtype only: torch.func's vmap has no rule for "
+                         "batch norm's backward of a bf16 input beside float32 statistics")
     k = target.maps
     dtype = next(model.parameters()).dtype
     maps, values = [], []
-    for reverse in ((False, True) if rc else (False,)):
-        x = one_hot(_strand(codes, reverse), dtype).requires_grad_(True)
-        with torch.enable_grad():
-            value = _target_of(model, x, head, target, reverse, strand_pair, autocast)  # [n] or [n, k]
-            if target.per_track:
-                grad = torch.stack([torch.autograd.grad(value[:, j].sum(), x, retain_graph=j < k - 1)[0]
-                                    for j in range(k)], dim=1)  # [n, k, L, 4]
+    with weights_frozen(model), torch.enable_grad():
+        for reverse in ((False, True) if rc else (False,)):
+            x = one_hot(_strand(codes, reverse), dtype)
+
+            def value_of(x, reverse=reverse):  # [n] or [n, k]
+                return _target_of(model, x, head, target, reverse, strand_pair, autocast)
+
+            if target.per_track and maps_per_backward > 1:
+                value, vjp = torch.func.vjp(value_of, x)
+                # track j's cotangent: 1 at [:, j], 0 elsewhere; vmapped over the tracks
+                ones = torch.eye(k, dtype=value.dtype, device=value.device)[:, None, :].expand(k, *value.shape)
+                grad = torch.func.vmap(vjp, chunk_size=maps_per_backward)(ones)[0].transpose(0, 1)  # [n, k, L, 4]
             else:
-                grad, = torch.autograd.grad(value.sum(), x)
-        maps.append(_to_forward(grad, reverse))
-        values.append(value.detach())
+                x.requires_grad_(True)
+                value = value_of(x)
+                if target.per_track:
+                    grad = torch.stack([torch.autograd.grad(value[:, j].sum(), x, retain_graph=j < k - 1)[0]
+                                        for j in range(k)], dim=1)  # [n, k, L, 4]
+                else:
+                    grad, = torch.autograd.grad(value.sum(), x)
+            maps.append(_to_forward(grad, reverse))
+            values.append(value.detach())
     hypothetical, value = sum(maps) / len(maps), sum(values) / len(values)
     if mean_center:
         hypothetical = hypothetical - hypothetical.mean(-1, keepdim=True)
     return hypothetical, value
+
+
+@contextlib.contextmanager
+def weights_frozen(model):
+    """Inside, the model's parameters do not require gradients (then as before): a backward to the
+    input skips what only the weights' gradients need (the softmax pooling's weight product), and
+    torch.func's batched backward computes no weight gradients for each of its maps, which
+    multiplied its memory."""
+    wanted = [p for p in model.parameters() if p.requires_grad]
+    for p in wanted:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in wanted:
+            p.requires_grad_(True)
 
 
 def integrated_gradients(model, codes: torch.Tensor, head: str, target: Target, *, steps: int = 50,
@@ -192,7 +226,7 @@ def integrated_gradients(model, codes: torch.Tensor, head: str, target: Target, 
             return _target_of(model, inputs, head, target, reverse, strand_pair, autocast)
 
         ig = IntegratedGradients(forward)
-        with torch.enable_grad():
+        with weights_frozen(model), torch.enable_grad():
             attributions, delta = [], []
             for j in (range(target.maps) if target.per_track else [None]):
                 a, d = ig.attribute(x, baselines=torch.full_like(x, 0.25), target=j, n_steps=steps,
@@ -486,6 +520,7 @@ def plot_attribution(path: str, arrays: dict[str, np.ndarray], codes: np.ndarray
 def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = None, regions: str | None = None,
                   organism: str | None = None, tracks: str | None = None, targets: str | None = None,
                   bins: str | None = None, transform: str | None = None, per_track: bool = False,
+                  maps_per_backward: int = 1,
                   method: str = "input-grad", ism_region: str | None = None, steps: int = 50,
                   mean_center: bool = False, rc: bool = False, plot: str | None = None, device: str = "auto",
                   bf16: bool = False, batch_size: int = 8, chunk_size: int = 16, quiet: bool = False,
@@ -493,7 +528,12 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
     """`enformer-train attribute` (under torchrun too). Rank 0 writes `out` (and `plot`) and returns
     a summary (regions, written files, per-region target values); other ranks return None."""
     _refuse_options(out, plot, method, transform, region, regions, ism_region, mean_center, force,
-                    batch_size=batch_size, steps=steps, chunk_size=chunk_size)
+                    batch_size=batch_size, steps=steps, chunk_size=chunk_size, maps_per_backward=maps_per_backward)
+    if maps_per_backward > 1 and not (per_track and method == "input-grad"):
+        raise UserError("--maps-per-backward goes with --per-track and --method input-grad")
+    if maps_per_backward > 1 and bf16:
+        raise UserError("--maps-per-backward goes without --bf16: torch.func's vmap has no rule for batch norm's "
+                        "backward of a bf16 input beside float32 statistics; leave it at 1 (a backward per track)")
     wanted = [Region(*parse_region(region), "--region")] if region else read_regions_bed(regions)
     ism_span = parse_region(ism_region) if ism_region else None
 
@@ -544,7 +584,8 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
             for c in mine:
                 a, b = bounds[c]
                 rows_of = [_attribute_one(model, genome, wanted[i], spans[i], head, target, method, steps,
-                                          mean_center, rc, pair, bf16, batch_size, bar) for i in range(a, b)]
+                                          mean_center, rc, pair, bf16, batch_size, bar, maps_per_backward)
+                            for i in range(a, b)]
                 chunks.write_chunk(chunks.chunk_path(partial, c), {k: np.stack([row[k] for row in rows_of])
                                                                    for k in _ROWS})
         barrier(f"the barrier after attributing ({len(mine)} chunks on this rank), before rank 0 writes {out}")
@@ -664,7 +705,7 @@ def _write_outputs(out: str, plot: str | None, arrays: dict, meta: dict, genome:
 
 def _attribute_one(model, genome: Genome, region: Region, span: tuple[int, int], head: str, target: Target,
                    method: str, steps: int, mean_center: bool, rc: bool, pair, bf16: bool, batch_size: int,
-                   bar) -> dict[str, np.ndarray]:
+                   bar, maps_per_backward: int = 1) -> dict[str, np.ndarray]:
     """One region's rows: its window and span starts, per-base and hypothetical scores, the target's
     value, integrated gradients' delta (else 0), ISM's skipped positions (else 0), and the profile
     (the target tracks' mean prediction over the output bins, for the figure)."""
@@ -682,7 +723,7 @@ def _attribute_one(model, genome: Genome, region: Region, span: tuple[int, int],
         window = torch.as_tensor(codes[None], device=device)
         if method == "input-grad":
             hyp, val = input_grad(model, window, head, target, mean_center=mean_center, rc=rc, strand_pair=pair,
-                                  autocast=bf16)
+                                  autocast=bf16, maps_per_backward=maps_per_backward)
             hyp, val = hyp[0], val[0]
         else:
             hyp, val, d = integrated_gradients(model, window, head, target, steps=steps, batch_size=batch_size,

@@ -120,6 +120,7 @@ def _cmd_attribute(args: argparse.Namespace) -> None:
     s = run_attribute(
         args.checkpoint, args.fasta, args.out, region=args.region, regions=args.regions, organism=args.organism,
         tracks=args.tracks, targets=args.targets, bins=args.bins, transform=args.transform, per_track=args.per_track,
+        maps_per_backward=args.maps_per_backward,
         method=args.method, ism_region=args.ism_region, steps=args.steps, mean_center=args.mean_center, rc=args.rc,
         plot=args.plot, device=args.device, bf16=args.bf16, batch_size=args.batch_size, chunk_size=args.chunk_size,
         quiet=args.quiet, force=args.force, collective_timeout_s=args.collective_timeout_s)
@@ -355,6 +356,9 @@ def _add_attribute(sub) -> None:
                                   "three centre bins)")
     p.add_argument("--transform", choices=["log1p"], help="take log(1 + prediction) before the mean")
     p.add_argument("--per-track", action="store_true", help="one map per selected track instead of one for their mean")
+    p.add_argument("--maps-per-backward", type=int, default=1,
+                   help="input-grad with --per-track: tracks' maps computed this many at a time in one batched "
+                        "backward (torch.func); 1 (default): a backward per track, the faster on a CPU")
     p.add_argument("--method", default="input-grad", help="input-grad (default), ism or integrated-gradients")
     p.add_argument("--ism-region", help="with --method ism and --region: CHROM:START-END inside the window "
                                         "(default: the region)")

@@ -182,21 +182,27 @@ class SoftmaxPoolingFunction(torch.autograd.Function):
     the network, and autograd would keep x, the logits' softmax and more.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, weight):
-        ctx.save_for_backward(x, weight)
+    def forward(x, weight):
         x0, diff, s = _pair_weights(x, weight)
         return torch.addcmul(x0, diff, s)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         _, diff, s = _pair_weights(x, weight)
         g1 = grad * s
-        # d out / d (l1 - l0) = g (x1 - x0) s (1 - s); l1 - l0 = weight @ (x1 - x0)
-        d = torch.rsub(s, 1).mul_(g1).mul_(diff)
+        # d out / d (l1 - l0) = g (x1 - x0) s (1 - s); l1 - l0 = weight @ (x1 - x0). 1 - s is written
+        # over s, and d is a new tensor: under torch.func.vmap the gradient is batched and s is not.
+        d = torch.mul(g1, s.neg_().add_(1)).mul_(diff)
         del s
-        grad_weight = torch.matmul(d, diff.transpose(1, 2)).sum(0)
+        grad_weight = torch.matmul(d, diff.transpose(1, 2)).sum(0) if ctx.needs_input_grad[1] else None
         # u = weight^T @ d as one matrix product over (batch, length) rows, written out: torch.matmul
         # picks this or a batched product by whether `weight` requires grad, so the same weights
         # (a parameter, autocast's copy, a copy cast once) would round differently.
@@ -212,7 +218,12 @@ def _pair_weights(x: torch.Tensor, weight: torch.Tensor):
     """x [b, c, 2n] -> x0 [b, c, n] (a view), x1 - x0, and the weight of x1, sigmoid(weight @ (x1 - x0))."""
     x0 = x[..., 0::2]
     diff = x[..., 1::2] - x0
-    return x0, diff, torch.sigmoid(torch.matmul(weight, diff))
+    # weight @ diff as one matrix product over (batch, length) rows, written out: torch.matmul takes
+    # this path when `weight` requires grad and a batched product when not (contribution scores
+    # hold the weights out of autograd), which round differently.
+    b, c, n = diff.shape
+    logits = torch.mm(diff.transpose(1, 2).reshape(b * n, c), weight.t()).view(b, n, -1).transpose(1, 2)
+    return x0, diff, torch.sigmoid(logits)
 
 
 class AddRelativeLogits(torch.autograd.Function):
@@ -222,11 +233,15 @@ class AddRelativeLogits(torch.autograd.Function):
     here the shift is a strided view of the [T, 2T - 1] relative logits, read once.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, content: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
-        relative = relative.contiguous()
-        ctx.relative_shape = relative.shape
-        return content + _shifted_view(relative)
+    def forward(content: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
+        return content + _shifted_view(relative.contiguous())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.relative_shape = inputs[1].shape
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -311,20 +326,27 @@ class AttendFunction(torch.autograd.Function):
     """dropout(softmax(logits)) @ v, keeping for backward the softmax and a boolean dropout mask
     only: autograd would also keep the dropped-out copy, the largest tensor of each layer."""
 
-    @staticmethod
-    def forward(ctx, logits, v, rate, training):
-        p = logits.softmax(dim=-1)
-        dropped = None
-        weights = p
-        if training and rate > 0:
-            dropped = dropout_mask(p, rate)
-            weights = p.masked_fill(dropped, 0.0).mul_(1.0 / (1.0 - rate))
-        ctx.save_for_backward(p, v, dropped)
-        ctx.rate = rate
-        return torch.matmul(weights, v)
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad):
+    def forward(logits, v, rate, training):
+        """-> (output, the softmax[, the dropout mask]): the latter for backward only (no None among
+        them: torch 2.4's dynamo cannot trace a None output)."""
+        p = logits.softmax(dim=-1)
+        if training and rate > 0:
+            dropped = dropout_mask(p, rate)
+            return torch.matmul(p.masked_fill(dropped, 0.0).mul_(1.0 / (1.0 - rate)), v), p, dropped
+        return torch.matmul(p, v), p
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        p, dropped = output[1], (output[2] if len(output) > 2 else None)
+        ctx.save_for_backward(p, inputs[1], dropped)
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.rate = inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad, *_not_differentiable):
         p, v, dropped = ctx.saved_tensors
         scale = 1.0 / (1.0 - ctx.rate)
         weights = p if dropped is None else p.masked_fill(dropped, 0.0).mul_(scale)
@@ -369,7 +391,7 @@ def shifted_relative(relative: torch.Tensor) -> torch.Tensor:
 
 def attend(logits: torch.Tensor, v: torch.Tensor, dropout_rate: float, training: bool) -> torch.Tensor:
     """dropout(softmax(logits [..., T, T])) @ v [..., T, value] -> [..., T, value]."""
-    return AttendFunction.apply(logits, v, dropout_rate, training)
+    return AttendFunction.apply(logits, v, dropout_rate, training)[0]
 
 
 class CastOnce(torch.autograd.Function):
@@ -381,11 +403,16 @@ class CastOnce(torch.autograd.Function):
     the same as autocast's (float32 -> bf16 rounds the same way in either), so are the products.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, dtype, *weights):
-        ctx.shapes = [w.shape for w in weights]
+    def forward(dtype, *weights):
         flat = torch.cat([w.detach().reshape(-1) for w in weights]).to(dtype)
-        return tuple(part.view(shape) for part, shape in zip(flat.split([w.numel() for w in weights]), ctx.shapes))
+        return tuple(part.view(w.shape) for part, w in zip(flat.split([w.numel() for w in weights]), weights))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.shapes = [w.shape for w in inputs[1:]]
 
     @staticmethod
     def backward(ctx, *grads):
