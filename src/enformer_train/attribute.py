@@ -144,6 +144,10 @@ def _target_of(model, x: torch.Tensor, head: str, target: Target, reverse: bool,
     return target(to_forward_strand(pred.float(), reverse, strand_pair))
 
 
+# Why the batched backward (maps_per_backward > 1) runs without autocast.
+_NO_BATCHED_HALF = "torch.func's vmap has no rule for batch norm's backward of a bf16 input beside float32 statistics"
+
+
 def input_grad(model, codes: torch.Tensor, head: str, target: Target, *, mean_center: bool = False,
                rc: bool = False, strand_pair: torch.Tensor | None = None, autocast: bool = False,
                maps_per_backward: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,8 +163,7 @@ def input_grad(model, codes: torch.Tensor, head: str, target: Target, *, mean_ce
     if maps_per_backward < 1:
         raise ValueError(f"maps_per_backward must be at least 1, got {maps_per_backward}")
     if maps_per_backward > 1 and autocast:
-        raise ValueError("maps_per_backward > 1 runs in the model's dtype only: torch.func's vmap has no rule for "
-                         "batch norm's backward of a bf16 input beside float32 statistics")
+        raise ValueError(f"maps_per_backward > 1 runs in the model's dtype only: {_NO_BATCHED_HALF}")
     k = target.maps
     dtype = next(model.parameters()).dtype
     maps, values = [], []
@@ -528,12 +531,8 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
     """`enformer-train attribute` (under torchrun too). Rank 0 writes `out` (and `plot`) and returns
     a summary (regions, written files, per-region target values); other ranks return None."""
     _refuse_options(out, plot, method, transform, region, regions, ism_region, mean_center, force,
-                    batch_size=batch_size, steps=steps, chunk_size=chunk_size, maps_per_backward=maps_per_backward)
-    if maps_per_backward > 1 and not (per_track and method == "input-grad"):
-        raise UserError("--maps-per-backward goes with --per-track and --method input-grad")
-    if maps_per_backward > 1 and bf16:
-        raise UserError("--maps-per-backward goes without --bf16: torch.func's vmap has no rule for batch norm's "
-                        "backward of a bf16 input beside float32 statistics; leave it at 1 (a backward per track)")
+                    per_track, bf16, batch_size=batch_size, steps=steps, chunk_size=chunk_size,
+                    maps_per_backward=maps_per_backward)
     wanted = [Region(*parse_region(region), "--region")] if region else read_regions_bed(regions)
     ism_span = parse_region(ism_region) if ism_region else None
 
@@ -610,7 +609,8 @@ def run_attribute(checkpoint: str, fasta: str, out: str, region: str | None = No
 
 
 def _refuse_options(out: str, plot: str | None, method: str, transform: str | None, region: str | None,
-                    regions: str | None, ism_region: str | None, mean_center: bool, force: bool, **counts: int) -> None:
+                    regions: str | None, ism_region: str | None, mean_center: bool, force: bool, per_track: bool,
+                    bf16: bool, **counts: int) -> None:
     """Every refusal that needs no model nor genome, before any work: one line each."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: expected {', '.join(METHODS)}")
@@ -630,6 +630,11 @@ def _refuse_options(out: str, plot: str | None, method: str, transform: str | No
     for name, value in counts.items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    if counts["maps_per_backward"] > 1 and not (per_track and method == "input-grad"):
+        raise UserError("--maps-per-backward goes with --per-track and --method input-grad")
+    if counts["maps_per_backward"] > 1 and bf16:
+        raise UserError(f"--maps-per-backward goes without --bf16: {_NO_BATCHED_HALF}; leave it at 1 (a backward "
+                        "per track)")
     if plot and not plot.endswith(".png"):
         raise UserError(f"--plot {plot}: expected a .png file")
     for name in (out, plot):
